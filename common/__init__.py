@@ -1,0 +1,1 @@
+"""Code shared by every component: the exception hierarchy, time grains and logging."""
