@@ -1,0 +1,150 @@
+"""Avro helpers: schema loading, Avro → polars types, and batch framing for the fast decode path.
+
+The fast path wraps a batch of schemaless Avro records into one Avro object-container block so
+that ``polars.read_avro`` decodes the whole batch in native code. Each record is prefixed with its
+index in the batch (an Avro ``long``), and the container schema is ``{_idx: long, rec: <schema>}``:
+after decoding, ``_idx`` must read 0..n-1, which proves that every record consumed exactly its own
+bytes. A corrupt record shifts that sequence (or fails the decode), and the caller falls back to
+per-record decoding to isolate it.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+import fastavro
+import polars as pl
+
+SCHEMA_DIR = Path(__file__).with_name("schemas")
+
+_AVRO_TO_POLARS: dict[str, pl.DataType] = {
+    "string": pl.String(),
+    "double": pl.Float64(),
+    "float": pl.Float32(),
+    "int": pl.Int32(),
+    "long": pl.Int64(),
+    "boolean": pl.Boolean(),
+    "bytes": pl.Binary(),
+}
+
+_SYNC_MARKER = b"fms-collector-sy"  # 16 bytes; any constant works for an in-memory container
+
+
+def load_schema(file_name: str) -> dict[str, Any]:
+    """Read an ``.avsc`` file shipped in ``domains/schemas``."""
+    return json.loads((SCHEMA_DIR / file_name).read_text(encoding="utf-8"))
+
+
+def polars_dtype(avro_type: Any) -> pl.DataType:
+    """Translate an Avro type (as parsed JSON) into the polars dtype ``read_avro`` produces."""
+    if isinstance(avro_type, str):
+        return _AVRO_TO_POLARS[avro_type]
+    if isinstance(avro_type, list):  # union: only ["null", T] is used in our schemas
+        non_null = [t for t in avro_type if t != "null"]
+        if len(non_null) != 1:
+            raise ValueError(f"unsupported union {avro_type}")
+        return polars_dtype(non_null[0])
+    kind = avro_type["type"]
+    if kind == "record":
+        return pl.Struct({f["name"]: polars_dtype(f["type"]) for f in avro_type["fields"]})
+    if kind == "array":
+        return pl.List(polars_dtype(avro_type["items"]))
+    if kind == "enum":
+        return pl.String()
+    return polars_dtype(kind)
+
+
+def polars_schema(record_schema: dict[str, Any]) -> dict[str, pl.DataType]:
+    """The nested polars schema of a top-level Avro record."""
+    return {f["name"]: polars_dtype(f["type"]) for f in record_schema["fields"]}
+
+
+def _zigzag_varint(n: int) -> bytes:
+    n = (n << 1) ^ (n >> 63)
+    out = bytearray()
+    while n > 0x7F:
+        out.append((n & 0x7F) | 0x80)
+        n >>= 7
+    out.append(n)
+    return bytes(out)
+
+
+@lru_cache(maxsize=1)
+def _index_prefixes(limit: int = 1 << 17) -> list[bytes]:
+    return [_zigzag_varint(i) for i in range(limit)]
+
+
+def index_prefixes(n: int) -> list[bytes]:
+    """Avro-encoded longs 0..n-1, cached, used to number the records of a block."""
+    table = _index_prefixes()
+    if n <= len(table):
+        return table[:n]
+    return table + [_zigzag_varint(i) for i in range(len(table), n)]
+
+
+@lru_cache(maxsize=64)
+def _container_header(schema_json: str, header_bytes: int) -> bytes:
+    fields: list[dict[str, Any]] = [{"name": "_idx", "type": "long"}]
+    if header_bytes:
+        fields.append({"name": "_hdr", "type": {"type": "fixed", "name": "FmsHdr", "size": header_bytes}})
+    fields.append({"name": "rec", "type": json.loads(schema_json)})
+    wrapper = json.dumps({"type": "record", "name": "FmsBatchRecord", "fields": fields})
+    meta = {b"avro.schema": wrapper.encode(), b"avro.codec": b"null"}
+    head = bytearray(b"Obj\x01")
+    head += _zigzag_varint(len(meta))
+    for key, value in meta.items():
+        head += _zigzag_varint(len(key)) + key + _zigzag_varint(len(value)) + value
+    head += _zigzag_varint(0) + _SYNC_MARKER
+    return bytes(head)
+
+
+def decode_block(schema_json: str, values: list[bytes], header_bytes: int = 0) -> pl.DataFrame | None:
+    """Decode schemaless Avro records in one native call; ``None`` if any record is malformed.
+
+    ``header_bytes`` skips a fixed-size prefix on every value (5 for Confluent framing), so the
+    framed values need no per-record slicing in Python.
+    """
+    n = len(values)
+    prefixes = index_prefixes(n)
+    parts: list[bytes] = [b""] * (2 * n)
+    parts[0::2] = prefixes
+    parts[1::2] = values
+    body = b"".join(parts)
+    block = (
+        _container_header(schema_json, header_bytes)
+        + _zigzag_varint(n)
+        + _zigzag_varint(len(body))
+        + body
+        + _SYNC_MARKER
+    )
+    try:
+        frame = pl.read_avro(io.BytesIO(block))
+    except BaseException as exc:  # noqa: BLE001 - polars raises a PanicException (BaseException)
+        if isinstance(exc, KeyboardInterrupt | SystemExit):
+            raise
+        return None
+    if frame.height != n or not frame["_idx"].equals(pl.int_range(0, n, eager=True).cast(pl.Int64), check_names=False):
+        return None
+    return frame.select(pl.col("rec").struct.unnest())
+
+
+def decode_one(payload: bytes, writer: Any, reader: Any | None = None) -> dict[str, Any]:
+    """Decode one schemaless Avro record strictly: every byte must be consumed."""
+    buffer = io.BytesIO(payload)
+    record = fastavro.schemaless_reader(buffer, writer, reader)
+    if buffer.tell() != len(payload):
+        raise ValueError(f"{len(payload) - buffer.tell()} trailing bytes after the record")
+    if not isinstance(record, dict):
+        raise ValueError("not a record")
+    return record
+
+
+def encode_one(record: dict[str, Any], parsed_schema: Any) -> bytes:
+    """Encode one record as schemaless Avro."""
+    buffer = io.BytesIO()
+    fastavro.schemaless_writer(buffer, parsed_schema, record)
+    return buffer.getvalue()
