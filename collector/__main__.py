@@ -1,0 +1,50 @@
+"""``python -m collector``: run the realtime collector until SIGTERM/SIGINT.
+
+``python -m collector create-topics`` creates the domain, DLQ and alarm topics instead.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+
+from common.errors import ConfigError, FatalError
+from common.logs import setup_logging
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point; returns the process exit code."""
+    args = sys.argv[1:] if argv is None else argv
+    os.environ.setdefault("RUST_BACKTRACE", "0")  # polars panics on corrupt Avro are caught; keep logs short
+    if args and args[0] == "create-topics":
+        from collector.topics import main as topics_main
+
+        return topics_main(args[1:])
+    from collector.app import Collector, install_signal_handlers
+    from settings import collector_settings
+    from storage.factory import open_store
+
+    try:
+        settings = collector_settings(os.environ)
+        setup_logging(settings.log_level, settings.log_format)
+        store = open_store(settings.storage, create_bucket=settings.storage.backend == "local")
+        store.check()
+        collector = Collector(settings, store)
+    except (ConfigError, FatalError) as exc:
+        print(f"collector: configuration error: {exc}", file=sys.stderr)
+        return 2
+    except Exception as exc:  # noqa: BLE001 - e.g. storage unreachable at start
+        print(f"collector: cannot start: {exc}", file=sys.stderr)
+        return 1
+    install_signal_handlers(collector)
+    try:
+        collector.run()
+    except FatalError as exc:
+        logging.getLogger("collector").error("fatal: %s", exc)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,410 @@
+"""The realtime collector's main loop: consume → decode → buffer → flush → commit.
+
+Buffering (:mod:`collector.buffer`), the flush decision (:meth:`Collector.due_buckets`) and the
+write (:meth:`Collector.store_bucket`) are separate units; :meth:`Collector.checkpoint` is the one
+place where the commit protocol lives.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import random
+import signal
+import socket
+import threading
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
+
+import polars as pl
+from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
+
+from collector import metrics
+from collector.buffer import Bucket, MinuteBuffer
+from collector.dlq import DlqPublisher
+from collector.http import HealthState, serve
+from collector.offsets import OffsetTracker
+from collector.parquet import encode_rows, verify
+from common.errors import FatalError, TransientError
+from common.layout import minute_key, position_suffix
+from domains import domain_for_topic
+from domains.decode import BatchDecoder, MessageBatch
+from domains.registry import SchemaResolver
+from settings import CollectorSettings
+from storage.base import ObjectStore
+
+log = logging.getLogger("collector")
+
+Clock = Callable[[], datetime]
+
+
+def utc_now() -> datetime:
+    """The wall clock, as an aware UTC datetime."""
+    return datetime.now(UTC)
+
+
+class Backoff:
+    """Exponential backoff with full jitter, capped."""
+
+    def __init__(self, base: float = 0.5, cap: float = 15.0) -> None:
+        self.base, self.cap, self.failures = base, cap, 0
+        self.next_attempt = 0.0
+
+    def failed(self) -> float:
+        """Register a failure; returns the delay before the next attempt."""
+        self.failures += 1
+        delay = random.uniform(self.base, min(self.cap, self.base * 2**self.failures))  # noqa: S311
+        self.next_attempt = time.monotonic() + delay
+        return delay
+
+    def succeeded(self) -> None:
+        """Reset after a success."""
+        self.failures, self.next_attempt = 0, 0.0
+
+    def ready(self) -> bool:
+        """Whether the next attempt may run now."""
+        return time.monotonic() >= self.next_attempt
+
+
+class Collector:
+    """One member of the realtime consumer group."""
+
+    def __init__(self, settings: CollectorSettings, store: ObjectStore, clock: Clock = utc_now) -> None:
+        self.settings = settings
+        self.store = store
+        self.clock = clock
+        self.writer_id = os.environ.get("HOSTNAME") or socket.gethostname()
+        kafka = settings.kafka
+        resolver = SchemaResolver([domain_for_topic(t) for t in kafka.kafka_topic], kafka.schema_registry_url)
+        self.decoders = {
+            t: BatchDecoder(domain_for_topic(t), resolver, kafka.wire_format_for(t)) for t in kafka.kafka_topic
+        }
+        self.buffer = MinuteBuffer()
+        self.tracker = OffsetTracker()
+        self.health = HealthState(stall_seconds=max(60.0, settings.shutdown_timeout_seconds))
+        self.backoff = Backoff()
+        self.paused = False
+        self.stopping = threading.Event()
+        self._last_commit = time.monotonic()
+        self._newest: dict[str, float] = {}
+        self.consumer = Consumer(
+            {
+                **kafka.client_config(),
+                "group.id": kafka.kafka_group_id,
+                "client.id": f"fms-collector-{self.writer_id}",
+                "enable.auto.commit": False,
+                "enable.auto.offset.store": False,
+                "auto.offset.reset": "earliest",
+                "partition.assignment.strategy": "cooperative-sticky",
+                "session.timeout.ms": settings.session_timeout_ms,
+                "max.poll.interval.ms": settings.max_poll_interval_ms,
+                "statistics.interval.ms": 5000,
+                "stats_cb": self._on_stats,
+                "error_cb": self._on_kafka_error,
+            }
+        )
+        self.producer = Producer(
+            {
+                **kafka.client_config(),
+                "client.id": f"fms-collector-dlq-{self.writer_id}",
+                "acks": "all",
+                "enable.idempotence": True,
+                "linger.ms": 5,
+                "partitioner": "murmur2_random",
+                "error_cb": self._on_kafka_error,
+            }
+        )
+        self.dlq = DlqPublisher(self.producer, self.tracker)
+
+    # -- lifecycle ------------------------------------------------------------------------------
+
+    def run(self) -> None:
+        """Consume until :meth:`stop`, then flush everything, commit and close."""
+        stop_http = serve(self.settings.http_port, self.health, metrics.REGISTRY) if self.settings.http_port else None
+        self.consumer.subscribe(
+            list(self.settings.kafka.kafka_topic), on_assign=self._on_assign, on_revoke=self._on_revoke,
+            on_lost=self._on_lost,
+        )
+        log.info(
+            "collector started",
+            extra={"topics": list(self.settings.kafka.kafka_topic), "group": self.settings.kafka.kafka_group_id,
+                   "storage": self.store.describe()},
+        )
+        try:
+            while not self.stopping.is_set():
+                self.step()
+            self.shutdown()
+        finally:
+            self.consumer.close()
+            self.producer.flush(5)
+            if stop_http:
+                stop_http()
+
+    def stop(self) -> None:
+        """Ask the loop to finish (flush, commit, exit)."""
+        self.stopping.set()
+
+    def step(self) -> None:
+        """One loop iteration: consume a batch, flush what is due, commit what is durable."""
+        self.health.beat()
+        messages = self.consumer.consume(self.settings.batch_size, self.settings.poll_timeout_seconds)
+        if messages:
+            self.process(messages)
+        self.dlq.poll()
+        if self.buffer.nbytes > self.settings.max_buffer_bytes:
+            self.flush(self.buffer.all(), reason="memory")
+        else:
+            self.flush(self.due_buckets(), reason="minute")
+        if time.monotonic() - self._last_commit >= self.settings.commit_interval_seconds:
+            self.checkpoint()
+
+    def shutdown(self) -> None:
+        """Flush every bucket and commit; retries storage until the shutdown deadline."""
+        deadline = time.monotonic() + self.settings.shutdown_timeout_seconds
+        log.info("shutting down: flushing buffered rows", extra={"rows": self.buffer.rows})
+        while len(self.buffer) and time.monotonic() < deadline:
+            if self.backoff.ready():
+                self.flush(self.buffer.all(), reason="shutdown")
+            else:
+                time.sleep(0.2)
+        self.checkpoint(final=True)
+        if len(self.buffer):
+            log.error("stopped with rows not stored; they will be re-read", extra={"rows": self.buffer.rows})
+        else:
+            log.info("shutdown complete: everything stored and committed")
+
+    # -- consume and decode ---------------------------------------------------------------------
+
+    def process(self, messages: list[Message]) -> None:
+        """Decode consumed messages per topic; buffer rows, send rejects to the DLQ."""
+        started = time.perf_counter()
+        now = self.clock()
+        by_topic: dict[str, list[Message]] = {}
+        for message in messages:
+            error = message.error()
+            if error is not None:
+                self._on_consume_error(error)
+                continue
+            by_topic.setdefault(message.topic(), []).append(message)  # type: ignore[arg-type]
+        for topic, batch_messages in by_topic.items():
+            decoder = self.decoders[topic]
+            batch = MessageBatch(
+                topic=topic,
+                values=[m.value() for m in batch_messages],
+                partitions=[m.partition() for m in batch_messages],  # type: ignore[misc]
+                offsets=[m.offset() for m in batch_messages],  # type: ignore[misc]
+                timestamps_ms=[m.timestamp()[1] for m in batch_messages],
+            )
+            decoded = decoder.decode(batch, now)
+            domain = decoder.domain.name
+            self.buffer.add(domain, decoded.rows)
+            self.dlq.publish(decoder.domain, batch_messages, decoded.rejected, now)
+            last: dict[int, int] = {}
+            for partition, offset in zip(batch.partitions, batch.offsets, strict=True):
+                last[partition] = offset
+            for partition, offset in last.items():
+                self.tracker.consumed((topic, partition), offset)
+            metrics.MESSAGES_IN.labels(domain).inc(len(batch))
+            metrics.ROWS_IN.labels(domain).inc(decoded.rows.height)
+        metrics.BUFFERED_BYTES.set(self.buffer.nbytes)
+        metrics.BUFFERED_ROWS.set(self.buffer.rows)
+        metrics.PROCESS_SECONDS.observe(time.perf_counter() - started)
+
+    # -- flush ----------------------------------------------------------------------------------
+
+    def due_buckets(self) -> list[Bucket]:
+        """Buckets whose minute (plus the grace) is over by the wall clock."""
+        return self.buffer.due(self.clock(), self.settings.flush_grace_seconds)
+
+    def flush(self, buckets: list[Bucket], reason: str) -> bool:
+        """Store buckets oldest first; on a storage failure pause consumption and back off."""
+        if not buckets or not self.backoff.ready():
+            return not buckets
+        for bucket in buckets:
+            try:
+                self.store_bucket(bucket)
+            except TransientError as exc:
+                delay = self.backoff.failed()
+                metrics.STORAGE_FAILURES.inc()
+                metrics.STORAGE_UP.set(0)
+                self.health.storage_ok = False
+                log.warning(
+                    "storage write failed; pausing consumption and retrying",
+                    extra={"error": str(exc), "retry_in_s": round(delay, 2), "buffered_rows": self.buffer.rows},
+                )
+                self._pause()
+                return False
+        self.backoff.succeeded()
+        metrics.STORAGE_UP.set(1)
+        self.health.storage_ok = True
+        self._resume()
+        log.debug("flushed", extra={"reason": reason, "files": len(buckets)})
+        return True
+
+    def store_bucket(self, bucket: Bucket) -> str:
+        """Encode, verify and upload one bucket under its position-derived name; returns the key."""
+        started = time.perf_counter()
+        rows = bucket.table()
+        positions = (
+            rows.group_by("kafka_topic", "kafka_partition")
+            .agg(pl.col("kafka_offset").min().alias("first"), pl.col("kafka_offset").max().alias("last"))
+            .sort("kafka_topic", "kafka_partition")
+        )
+        manifest = {
+            "domain": bucket.domain,
+            "minute": bucket.minute.isoformat(),
+            "writer": self.writer_id,
+            "positions": positions.to_dicts(),
+        }
+        domain = self.decoders_by_domain()[bucket.domain].domain
+        data = encode_rows(domain, rows, manifest)
+        verify(data, rows.height)
+        key = minute_key(bucket.domain, bucket.minute, position_suffix(bucket.first_offsets))
+        self.store.put(key, data)
+        self.buffer.remove(bucket)
+        newest = rows["timestamp"].max()
+        if isinstance(newest, datetime) and newest.timestamp() > self._newest.get(bucket.domain, 0.0):
+            self._newest[bucket.domain] = newest.timestamp()
+            metrics.NEWEST_STORED.labels(bucket.domain).set(newest.timestamp())
+        metrics.FILES_WRITTEN.labels(bucket.domain).inc()
+        metrics.BYTES_WRITTEN.labels(bucket.domain).inc(len(data))
+        metrics.ROWS_OUT.labels(bucket.domain).inc(rows.height)
+        metrics.FLUSH_SECONDS.labels(bucket.domain).observe(time.perf_counter() - started)
+        metrics.BUFFERED_BYTES.set(self.buffer.nbytes)
+        metrics.BUFFERED_ROWS.set(self.buffer.rows)
+        log.info("stored", extra={"key": key, "rows": rows.height, "bytes": len(data)})
+        return key
+
+    def decoders_by_domain(self) -> dict[str, BatchDecoder]:
+        """Decoders keyed by domain name."""
+        return {d.domain.name: d for d in self.decoders.values()}
+
+    # -- commit ---------------------------------------------------------------------------------
+
+    def checkpoint(self, final: bool = False) -> None:
+        """Commit the offsets that are durable. The commit protocol, step by step:
+
+        1. buffer: consumed rows sit in minute buckets; rejected messages are in flight to the DLQ;
+        2. write: due buckets are encoded as Parquet (:meth:`store_bucket`);
+        3. verify: the encoded bytes are read back as Parquet and their row count checked;
+        4. publish: the object is uploaded atomically under its position-derived final name;
+        5. commit: here, after DLQ deliveries are acknowledged (failed ones are re-sent), each
+           partition is committed up to the lowest of (next offset, first offset still buffered,
+           first DLQ record not acknowledged) -- never past data that is not durable.
+        """
+        self.dlq.retry_failed()
+        self.dlq.flush(10.0 if final else 0.5)
+        offsets = self.tracker.committable(self.buffer.held_offsets())
+        self._last_commit = time.monotonic()
+        if not offsets:
+            return
+        try:
+            self.consumer.commit(
+                offsets=[TopicPartition(t, p, o) for (t, p), o in offsets.items()], asynchronous=False
+            )
+        except KafkaException as exc:
+            error = exc.args[0] if exc.args else None
+            if isinstance(error, KafkaError) and error.code() == KafkaError._NO_OFFSET:
+                return
+            log.warning("offset commit failed; will retry", extra={"error": str(exc)})
+            return
+        self.tracker.committed(offsets)
+        metrics.COMMITS.inc()
+
+    # -- rebalance ------------------------------------------------------------------------------
+
+    def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        self.health.assigned = True
+        log.info("partitions assigned", extra={"partitions": [f"{p.topic}[{p.partition}]" for p in partitions]})
+        if self.paused and partitions:
+            consumer.pause(partitions)
+        metrics.ASSIGNED_PARTITIONS.set(len(consumer.assignment()) + len(partitions))
+
+    def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        """Before letting partitions go: store what is buffered and commit it."""
+        revoked = {(p.topic, p.partition) for p in partitions}
+        log.info("partitions revoked: flushing", extra={"partitions": sorted(f"{t}[{p}]" for t, p in revoked)})
+        deadline = time.monotonic() + min(30.0, self.settings.max_poll_interval_ms / 2000)
+        while len(self.buffer) and time.monotonic() < deadline:
+            if not self.flush(self.buffer.all(), reason="rebalance"):
+                time.sleep(min(1.0, max(0.0, self.backoff.next_attempt - time.monotonic())))
+        self.checkpoint(final=True)
+        dropped = self.buffer.drop_partitions(revoked)
+        if dropped:
+            log.warning("rows of revoked partitions not stored; the new owner re-reads them", extra={"rows": dropped})
+        self.tracker.forget(revoked)
+        metrics.ASSIGNED_PARTITIONS.set(max(0, len(consumer.assignment()) - len(partitions)))
+
+    def _on_lost(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        """Partitions lost without a clean revoke: another member may own them, do not commit."""
+        lost = {(p.topic, p.partition) for p in partitions}
+        dropped = self.buffer.drop_partitions(lost)
+        self.tracker.forget(lost)
+        log.warning("partitions lost; dropped their buffered rows", extra={"rows": dropped})
+
+    def _pause(self) -> None:
+        if not self.paused:
+            assignment = self.consumer.assignment()
+            if assignment:
+                self.consumer.pause(assignment)
+            self.paused = True
+
+    def _resume(self) -> None:
+        if self.paused:
+            assignment = self.consumer.assignment()
+            if assignment:
+                self.consumer.resume(assignment)
+            self.paused = False
+
+    # -- callbacks ------------------------------------------------------------------------------
+
+    def _on_consume_error(self, error: KafkaError) -> None:
+        if error.code() == KafkaError._PARTITION_EOF:
+            return
+        if error.fatal():
+            raise FatalError(f"Kafka consumer failed: {error.str()}")
+        log.warning("consume error", extra={"error": error.str()})
+
+    def _on_kafka_error(self, error: KafkaError) -> None:
+        if error.fatal():
+            log.error("fatal Kafka error", extra={"error": error.str()})
+            self.stop()
+        else:
+            log.warning("Kafka client error", extra={"error": error.str()})
+
+    def _on_stats(self, stats_json: str) -> None:
+        try:
+            stats = json.loads(stats_json)
+        except ValueError:
+            return
+        lag_max = 0
+        for topic, info in stats.get("topics", {}).items():
+            total = 0
+            for partition in info.get("partitions", {}).values():
+                lag = partition.get("consumer_lag", -1)
+                if partition.get("partition", -1) >= 0 and lag >= 0:
+                    total += lag
+                    lag_max = max(lag_max, lag)
+            metrics.CONSUMER_LAG.labels(topic).set(total)
+        metrics.KAFKA_LAG_MAX.set(lag_max)
+
+
+def install_signal_handlers(collector: Collector) -> None:
+    """First SIGTERM/SIGINT: graceful stop. Second one, or the deadline passing: exit at once."""
+
+    def handle(signum: int, _frame: object) -> None:
+        if collector.stopping.is_set():
+            log.error("second signal: exiting without flushing")
+            os._exit(2)
+        log.info("signal received: stopping", extra={"signal": signal.Signals(signum).name})
+        collector.stop()
+        deadline = collector.settings.shutdown_timeout_seconds + 10
+        timer = threading.Timer(deadline, lambda: os._exit(3))
+        timer.daemon = True
+        timer.start()
+
+    signal.signal(signal.SIGTERM, handle)
+    signal.signal(signal.SIGINT, handle)
+

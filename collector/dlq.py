@@ -1,0 +1,100 @@
+"""Rejected messages to the domain's DLQ topic: original key and bytes, reason and position in headers."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from datetime import datetime
+
+from confluent_kafka import KafkaError, Message, Producer
+
+from collector import metrics
+from collector.offsets import OffsetTracker
+from domains.base import Domain
+from domains.decode import Rejected
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class DlqRecord:
+    """One record bound for a DLQ topic."""
+
+    domain: Domain
+    source: Message
+    reason: str
+    detail: str
+
+    def headers(self, detected_at: datetime) -> list[tuple[str, bytes]]:
+        """Kafka headers describing why and where from."""
+        return [
+            ("dlq.reason", self.reason.encode()),
+            ("dlq.detail", self.detail.encode("utf-8", "replace")[:2000]),
+            ("dlq.domain", self.domain.name.encode()),
+            ("dlq.source.topic", (self.source.topic() or "").encode()),
+            ("dlq.source.partition", str(self.source.partition()).encode()),
+            ("dlq.source.offset", str(self.source.offset()).encode()),
+            ("dlq.source.timestamp", str(self.source.timestamp()[1]).encode()),
+            ("dlq.detected_at", detected_at.isoformat().encode()),
+        ]
+
+
+class DlqPublisher:
+    """Produces DLQ records and reports acknowledgements to the offset tracker.
+
+    A record whose delivery fails is kept and produced again on the next :meth:`retry_failed`,
+    so its source offset is never committed before the DLQ holds it.
+    """
+
+    def __init__(self, producer: Producer, tracker: OffsetTracker) -> None:
+        self._producer = producer
+        self._tracker = tracker
+        self._failed: list[tuple[DlqRecord, datetime]] = []
+
+    def publish(self, domain: Domain, messages: list[Message], rejected: list[Rejected], now: datetime) -> None:
+        """Send every rejected message of a decoded batch to the domain's DLQ topic."""
+        for r in rejected:
+            self._send(DlqRecord(domain, messages[r.index], r.reason, r.detail), now)
+
+    def _send(self, record: DlqRecord, detected_at: datetime) -> None:
+        tp = (record.source.topic() or "", record.source.partition() or 0)
+        offset = record.source.offset() or 0
+        self._tracker.dlq_sent(tp, offset)
+
+        def on_delivery(err: KafkaError | None, _msg: Message) -> None:
+            if err is None:
+                self._tracker.dlq_acknowledged(tp, offset)
+                metrics.DLQ_RECORDS.labels(record.domain.name, record.reason).inc()
+            else:
+                log.warning("DLQ delivery failed, will retry", extra={"error": str(err), "topic": tp[0]})
+                self._failed.append((record, detected_at))
+
+        while True:
+            try:
+                self._producer.produce(
+                    record.domain.dlq_topic.name,
+                    value=record.source.value(),
+                    key=record.source.key(),
+                    headers=record.headers(detected_at),
+                    on_delivery=on_delivery,
+                )
+                return
+            except BufferError:  # local queue full: serve callbacks, then try again
+                self._producer.poll(0.1)
+
+    def retry_failed(self) -> None:
+        """Produce again the records whose delivery failed (their offsets are still held back)."""
+        failed, self._failed = self._failed, []
+        for record, detected_at in failed:
+            tp = (record.source.topic() or "", record.source.partition() or 0)
+            self._tracker.dlq_acknowledged(tp, record.source.offset() or 0)  # the new send re-registers it
+            self._send(record, detected_at)
+
+    def poll(self) -> None:
+        """Serve delivery callbacks."""
+        self._producer.poll(0)
+
+    def flush(self, timeout: float) -> int:
+        """Wait for in-flight records; returns how many are still not acknowledged."""
+        self._producer.flush(timeout)
+        return self._tracker.dlq_in_flight()

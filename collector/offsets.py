@@ -1,0 +1,67 @@
+"""Which offsets may be committed: never past a row or DLQ record that is not yet durable."""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterable, Mapping
+
+TopicPartition = tuple[str, int]
+
+
+class OffsetTracker:
+    """Tracks consumed positions and DLQ records awaiting broker acknowledgement per partition."""
+
+    def __init__(self) -> None:
+        self._next: dict[TopicPartition, int] = {}
+        self._dlq_pending: dict[TopicPartition, Counter[int]] = {}
+        self._committed: dict[TopicPartition, int] = {}
+
+    def consumed(self, tp: TopicPartition, offset: int) -> None:
+        """A message at ``offset`` was consumed (and is now buffered, rejected or skipped)."""
+        if offset + 1 > self._next.get(tp, -1):
+            self._next[tp] = offset + 1
+
+    def dlq_sent(self, tp: TopicPartition, offset: int) -> None:
+        """A DLQ record for the message at ``offset`` is in flight."""
+        self._dlq_pending.setdefault(tp, Counter())[offset] += 1
+
+    def dlq_acknowledged(self, tp: TopicPartition, offset: int) -> None:
+        """The broker acknowledged the DLQ record for ``offset``."""
+        pending = self._dlq_pending.get(tp)
+        if pending is None:
+            return
+        pending[offset] -= 1
+        if pending[offset] <= 0:
+            del pending[offset]
+
+    def dlq_in_flight(self) -> int:
+        """Number of DLQ records not yet acknowledged."""
+        return sum(sum(c.values()) for c in self._dlq_pending.values())
+
+    def committable(self, held: Mapping[TopicPartition, int]) -> dict[TopicPartition, int]:
+        """Offsets to commit now: for each partition, the lowest of the next offset to consume,
+        the first offset still buffered in memory (``held``) and the first unacknowledged DLQ
+        record. Only partitions whose position moved since the last commit are returned."""
+        out: dict[TopicPartition, int] = {}
+        for tp, nxt in self._next.items():
+            candidates = [nxt]
+            if tp in held:
+                candidates.append(held[tp])
+            pending = self._dlq_pending.get(tp)
+            if pending:
+                candidates.append(min(pending))
+            safe = min(candidates)
+            if safe > self._committed.get(tp, -1):
+                out[tp] = safe
+        return out
+
+    def committed(self, offsets: Mapping[TopicPartition, int]) -> None:
+        """Record a successful commit."""
+        self._committed.update(offsets)
+
+    def forget(self, partitions: Iterable[TopicPartition]) -> None:
+        """Drop the state of partitions that were revoked or lost."""
+        for tp in partitions:
+            self._next.pop(tp, None)
+            self._dlq_pending.pop(tp, None)
+            self._committed.pop(tp, None)

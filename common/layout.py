@@ -1,0 +1,76 @@
+"""Object names: pure, deterministic functions of domain, time and Kafka positions (SPEC §3).
+
+```
+<domain>/minute/YYYYMMDD_HHMM_<suffix>.parquet   suffix derived from the Kafka positions inside
+<domain>/hour/YYYYMMDD_HH_HH+1.parquet
+<domain>/day/YYYYMMDD.parquet
+<domain>/week/YYYYMMDD_YYYYMMDD.parquet
+```
+
+Minute names are in UTC. The suffix is derived from the first offset of every partition in the
+file, so a replay after a crash (which restarts at the committed offsets and meets the same first
+message for that minute) writes the same name and overwrites instead of adding a second file.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+
+MINUTE_DIR = "minute"
+_MINUTE_NAME = re.compile(r"^(?P<stamp>\d{8}_\d{4})(?:_(?P<suffix>[A-Za-z0-9-]+))?\.parquet$")
+
+
+def minute_start(ts: datetime) -> datetime:
+    """The UTC minute a timestamp falls in."""
+    return ts.astimezone(UTC).replace(second=0, microsecond=0)
+
+
+def minute_end(start: datetime) -> datetime:
+    """The exclusive end of a minute period."""
+    return start + timedelta(minutes=1)
+
+
+def position_suffix(first_offsets: Mapping[tuple[str, int], int]) -> str:
+    """Deterministic file suffix from the first offset of each (topic, partition) in a file.
+
+    Readable part: the lowest partition and its first offset; then a short hash of all pairs so
+    that files holding different partitions never collide.
+    """
+    if not first_offsets:
+        raise ValueError("a file needs at least one Kafka position")
+    pairs = sorted(first_offsets.items())
+    (_, partition), offset = pairs[0]
+    digest = hashlib.sha1(
+        ",".join(f"{topic}:{p}:{o}" for (topic, p), o in pairs).encode(), usedforsecurity=False
+    ).hexdigest()[:8]
+    return f"p{partition}o{offset}-{digest}"
+
+
+def minute_key(domain: str, start: datetime, suffix: str) -> str:
+    """Object key of a minute file."""
+    return f"{domain}/{MINUTE_DIR}/{start.astimezone(UTC):%Y%m%d_%H%M}_{suffix}.parquet"
+
+
+@dataclass(frozen=True)
+class MinuteFile:
+    """A parsed minute-file key."""
+
+    domain: str
+    start: datetime
+    suffix: str | None
+
+
+def parse_minute_key(key: str) -> MinuteFile | None:
+    """Parse a minute-file key back into its parts (None if it is not one)."""
+    parts = key.split("/")
+    if len(parts) != 3 or parts[1] != MINUTE_DIR:
+        return None
+    match = _MINUTE_NAME.match(parts[2])
+    if not match:
+        return None
+    start = datetime.strptime(match["stamp"], "%Y%m%d_%H%M").replace(tzinfo=UTC)
+    return MinuteFile(domain=parts[0], start=start, suffix=match["suffix"])
