@@ -1,0 +1,1 @@
+"""Embedded servers (Kafka-protocol broker, S3 and GCS emulators) for tests, benchmarks and the demo."""
