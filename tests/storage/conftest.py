@@ -1,7 +1,7 @@
 """Session-wide real storage servers (moto for S3, fake-gcs-server for GCS) and a store per backend.
 
-No ``__init__.py`` in this folder on purpose: as a package named ``storage`` (pytest's rootdir
-import) it would shadow the real ``storage`` package.
+``tests/__init__.py`` must stay: without it this folder would import as a top-level package
+named ``storage`` and shadow the real one.
 """
 
 from __future__ import annotations
