@@ -73,17 +73,14 @@ def _zigzag_varint(n: int) -> bytes:
     return bytes(out)
 
 
-@lru_cache(maxsize=1)
-def _index_prefixes(limit: int = 1 << 17) -> list[bytes]:
-    return [_zigzag_varint(i) for i in range(limit)]
+_INDEX_PREFIXES: list[bytes] = []
 
 
 def index_prefixes(n: int) -> list[bytes]:
-    """Avro-encoded longs 0..n-1, cached, used to number the records of a block."""
-    table = _index_prefixes()
-    if n <= len(table):
-        return table[:n]
-    return table + [_zigzag_varint(i) for i in range(len(table), n)]
+    """Avro-encoded longs 0..n-1, computed once and reused, used to number the records of a block."""
+    if len(_INDEX_PREFIXES) < n:
+        _INDEX_PREFIXES.extend(_zigzag_varint(i) for i in range(len(_INDEX_PREFIXES), n))
+    return _INDEX_PREFIXES[:n]
 
 
 @lru_cache(maxsize=64)

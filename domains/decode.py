@@ -87,17 +87,22 @@ class BatchDecoder:
         self.domain = domain
         self.resolver = resolver or SchemaResolver([domain])
         self.wire_format = wire_format
+        self._strict_frames = 0
 
     def decode(self, batch: MessageBatch, collected_at: datetime) -> DecodedBatch:
         """Decode, validate and flatten ``batch``; ``collected_at`` is stamped on every row."""
         rejected: list[Rejected] = []
         frames: list[pl.DataFrame] = []
+        self._strict_frames = 0
         for fmt, indices in self._group_by_format(batch, rejected):
             frames.extend(self._decode_group(fmt, batch, indices, rejected))
         nested = _concat(frames, self.domain)
-        rows, invalid = _flatten_and_validate(self.domain, nested)
+        # Avro decoded natively cannot hold nulls outside unions: skip the null checks then.
+        check_nulls = self._strict_frames < len(frames)
+        rows, invalid = _flatten_and_validate(self.domain, nested, check_nulls)
         rejected.extend(invalid)
-        rows = _with_provenance(self.domain, rows, batch, collected_at)
+        in_batch_order = not rejected and not self.domain.explode and len(frames) == 1 and rows.height == len(batch)
+        rows = _with_provenance(self.domain, rows, batch, collected_at, in_batch_order)
         rejected.sort(key=lambda r: r.index)
         return DecodedBatch(domain=self.domain, rows=rows, rejected=rejected)
 
@@ -149,12 +154,13 @@ class BatchDecoder:
         values: list[bytes] = (
             list(batch.values) if indices is None else [batch.values[i] for i in indices]  # type: ignore[misc]
         )
-        rows = list(range(len(batch))) if indices is None else indices
+        rows: list[int] | range = range(len(batch)) if indices is None else indices
         if fmt is WireFormat.JSON:
             return [self._decode_json(values, rows, rejected)]
         if fmt is WireFormat.AVRO:
             frame = avro.decode_block(self.domain.schema_json, values)
             if frame is not None:
+                self._strict_frames += 1
                 return [frame.with_columns(_row_column(rows))]
             return [self._decode_avro_each(values, rows, self.domain.parsed_schema, 0, rejected)]
         return self._decode_confluent(values, rows, rejected)
@@ -182,6 +188,7 @@ class BatchDecoder:
                 # Unknown id without a registry: try the domain's own schema; validation decides.
                 frame = avro.decode_block(self.domain.schema_json, group, _CONFLUENT_HEADER)
                 if frame is not None:
+                    self._strict_frames += 1
                     frames.append(frame.with_columns(_row_column(group_rows)))
                     continue
                 writer_parsed = self.domain.parsed_schema
@@ -268,7 +275,9 @@ def _starts_with_space(values: pl.Series) -> pl.Series:
     )
 
 
-def _row_column(rows: list[int]) -> pl.Series:
+def _row_column(rows: list[int] | range) -> pl.Series:
+    if isinstance(rows, range) and rows.step == 1:
+        return pl.int_range(rows.start, rows.stop, dtype=pl.Int64, eager=True).alias(_ROW)
     return pl.Series(_ROW, rows, dtype=pl.Int64)
 
 
@@ -323,22 +332,20 @@ def _flatten(domain: Domain, nested: pl.DataFrame) -> tuple[pl.DataFrame, pl.Dat
     return frame, no_items
 
 
-def _flatten_and_validate(domain: Domain, nested: pl.DataFrame) -> tuple[pl.DataFrame, list[Rejected]]:
+def _flatten_and_validate(
+    domain: Domain, nested: pl.DataFrame, check_nulls: bool = True
+) -> tuple[pl.DataFrame, list[Rejected]]:
     """Flatten, parse timestamps and apply the domain's checks; bad rows reject their message."""
     frame, no_items = _flatten(domain, nested)
     rejected = [
         Rejected(int(r), SCHEMA_ERROR, f"{domain.explode}[] is missing or empty") for r in no_items[_ROW].to_list()
     ]
-    parsed = {
-        ts: pl.col(ts).str.to_datetime("%+", time_unit="us", time_zone="UTC", strict=False)
-        for ts in domain.timestamp_fields
-    }
-    frame = frame.with_columns(parsed[ts].alias(f"__ts_{ts}") for ts in domain.timestamp_fields)
+    frame = frame.with_columns(parse_utc(frame[ts]).alias(f"__ts_{ts}") for ts in domain.timestamp_fields)
 
     # (reason, fails, detail) in priority order: first missing fields, then times, then domain rules.
     rules: list[tuple[str, pl.Expr, pl.Expr]] = []
     for column, path in domain.source_paths.items():
-        if column not in domain.nullable_columns:
+        if check_nulls and column not in domain.nullable_columns:
             rules.append((SCHEMA_ERROR, pl.col(column).is_null(), pl.lit(f"missing or null field '{path}'")))
     for ts in domain.timestamp_fields:
         rules.append(
@@ -367,12 +374,50 @@ def _flatten_and_validate(domain: Domain, nested: pl.DataFrame) -> tuple[pl.Data
     return frame, rejected
 
 
-def _with_provenance(domain: Domain, rows: pl.DataFrame, batch: MessageBatch, collected_at: datetime) -> pl.DataFrame:
-    """Attach Kafka positions and ingestion time, and cast to the stored row schema."""
-    index = rows[_ROW]
-    partitions = pl.Series(batch.partitions, dtype=pl.Int32).gather(index)
-    offsets = pl.Series(batch.offsets, dtype=pl.Int64).gather(index)
-    timestamps = (pl.Series(batch.timestamps_ms, dtype=pl.Int64).gather(index) * 1000).cast(UTC_MICROS)
+# Fixed-width layouts parse ~4x faster than the general ISO-8601 parser; try them first.
+_FIXED_ISO_FORMATS = {20: "%Y-%m-%dT%H:%M:%SZ", 24: "%Y-%m-%dT%H:%M:%S.%3fZ"}
+
+
+def parse_utc(texts: pl.Series) -> pl.Series:
+    """Parse ISO-8601 strings to UTC microsecond timestamps; unparseable ones become null.
+
+    Messages usually carry ``...:SSZ`` or ``...:SS.mmmZ``; those take a fixed-width fast path and
+    only the rest go through the general parser (offsets like ``+09:00``, other precisions).
+    """
+    parsed = pl.Series(texts.name, [None] * texts.len(), dtype=UTC_MICROS)
+    lengths = texts.str.len_bytes()
+    todo = texts.is_not_null()
+    for width, fmt in sorted(_FIXED_ISO_FORMATS.items(), key=lambda kv: -int((lengths == kv[0]).sum() or 0)):
+        mask = todo & (lengths == width)
+        if not mask.any():
+            continue
+        if mask.all():
+            parsed = texts.str.to_datetime(fmt, time_unit="us", time_zone="UTC", strict=False)
+        else:
+            idx = mask.arg_true()
+            values = texts.gather(idx).str.to_datetime(fmt, time_unit="us", time_zone="UTC", strict=False)
+            parsed = parsed.scatter(idx, values)
+        todo = todo & parsed.is_null()
+    if todo.any():
+        idx = todo.arg_true()
+        values = texts.gather(idx).str.to_datetime("%+", time_unit="us", time_zone="UTC", strict=False)
+        parsed = parsed.scatter(idx, values)
+    return parsed.alias(texts.name)
+
+
+def _with_provenance(
+    domain: Domain, rows: pl.DataFrame, batch: MessageBatch, collected_at: datetime, in_batch_order: bool = False
+) -> pl.DataFrame:
+    """Attach Kafka positions and ingestion time, and cast to the stored row schema.
+
+    ``in_batch_order`` says row i is message i (no explode, nothing rejected): no gather needed.
+    """
+    partitions = pl.Series(batch.partitions, dtype=pl.Int32)
+    offsets = pl.Series(batch.offsets, dtype=pl.Int64)
+    timestamps = (pl.Series(batch.timestamps_ms, dtype=pl.Int64) * 1000).cast(UTC_MICROS)
+    if not in_batch_order:
+        index = rows[_ROW]
+        partitions, offsets, timestamps = partitions.gather(index), offsets.gather(index), timestamps.gather(index)
     schema = domain.flat_schema
     return rows.with_columns(
         pl.lit(batch.topic, pl.String).alias("kafka_topic"),

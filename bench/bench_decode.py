@@ -1,0 +1,136 @@
+"""Decode benchmark: the domain layer next to a naive per-message baseline and the raw decode ceiling.
+
+For robot_status and equipment_metrics, in Avro and JSON, on the same batch of generated messages:
+
+- ``layer``: :class:`domains.decode.BatchDecoder` (decode + validate + flatten + provenance);
+- ``naive``: per message ``fastavro.schemaless_reader`` / ``json.loads`` → list of dicts → flatten in
+  Python → ``polars.DataFrame`` (what a straightforward consumer does);
+- ``ceiling``: ``polars.read_avro`` over the batch as one container block / ``polars.read_ndjson``,
+  no validation, no flattening.
+
+Run: ``python -m bench.bench_decode [--messages 300000] [--repeat 5]``. Best of ``repeat`` runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Any
+
+import fastavro
+import polars as pl
+
+from domains import DOMAINS
+from domains.base import Domain
+from domains.decode import BatchDecoder, MessageBatch
+from trafficgen import TrafficGenerator
+
+
+def _messages(domain: str, n: int, fmt: str) -> list[bytes]:
+    generator = TrafficGenerator(seed=7, domains=[domain], formats=[fmt])
+    return [m.value for m in generator.generate(n)]
+
+
+def _plain_container(domain: Domain, values: list[bytes]) -> bytes:
+    """An Avro container with the records as they are (no numbering): the ceiling's input."""
+    header = bytearray(b"Obj\x01")
+    meta = {b"avro.schema": domain.schema_json.encode(), b"avro.codec": b"null"}
+
+    def varint(n: int) -> bytes:
+        n = (n << 1) ^ (n >> 63)
+        out = bytearray()
+        while n > 0x7F:
+            out.append((n & 0x7F) | 0x80)
+            n >>= 7
+        out.append(n)
+        return bytes(out)
+
+    header += varint(len(meta))
+    for k, v in meta.items():
+        header += varint(len(k)) + k + varint(len(v)) + v
+    sync = b"0123456789abcdef"
+    header += varint(0) + sync
+    body = b"".join(values)
+    return bytes(header) + varint(len(values)) + varint(len(body)) + body + sync
+
+
+def _flatten_dict(domain: Domain, record: dict[str, Any]) -> list[dict[str, Any]]:
+    base = {k: v for k, v in record.items() if k != domain.explode and k not in domain.flatten}
+    for name in domain.flatten:
+        for sub, value in (record.get(name) or {}).items():
+            base[f"{name}_{sub}"] = value
+    if not domain.explode:
+        return [base]
+    return [{**base, **item} for item in record.get(domain.explode) or []]
+
+
+def naive(domain: Domain, values: list[bytes], fmt: str) -> pl.DataFrame:
+    rows: list[dict[str, Any]] = []
+    for value in values:
+        if fmt == "json":
+            record = json.loads(value)
+        else:
+            record = fastavro.schemaless_reader(io.BytesIO(value), domain.parsed_schema, None)
+        rows.extend(_flatten_dict(domain, record))  # type: ignore[arg-type]
+    return pl.DataFrame(rows)
+
+
+def ceiling(domain: Domain, values: list[bytes], fmt: str) -> pl.DataFrame:
+    if fmt == "json":
+        return pl.read_ndjson(io.BytesIO(b"\n".join(values)), schema=domain.nested_schema)
+    return pl.read_avro(io.BytesIO(_plain_container(domain, values)))
+
+
+def layer(domain: Domain, values: list[bytes], fmt: str) -> pl.DataFrame:
+    n = len(values)
+    batch = MessageBatch(domain.topic.name, values, [0] * n, list(range(n)), [0] * n)
+    result = BatchDecoder(domain).decode(batch, datetime.now(UTC))
+    assert not result.rejected
+    return result.rows
+
+
+def best_rate(fn: Callable[[], object], n: int, repeat: int) -> float:
+    best = float("inf")
+    for _ in range(repeat):
+        started = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - started)
+    return n / best
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--messages", type=int, default=300_000)
+    parser.add_argument("--repeat", type=int, default=5)
+    parser.add_argument("--batch", type=int, default=0, help="split into batches of this size (0: one batch)")
+    args = parser.parse_args()
+    print(f"decode benchmark: {args.messages:,} messages per case, best of {args.repeat}")
+    print(f"{'domain':<20} {'format':<6} {'layer msg/s':>12} {'naive msg/s':>12} {'ceiling msg/s':>14}"
+          f" {'layer/ceiling':>14} {'layer/naive':>12}")
+    for name in ("robot_status", "equipment_metrics"):
+        domain = DOMAINS[name]
+        for fmt in ("avro", "json"):
+            values = _messages(name, args.messages, fmt)
+            layer(domain, values[:1000], fmt)  # warm caches
+            step = args.batch or len(values)
+            chunks = [values[i : i + step] for i in range(0, len(values), step)]
+
+            def run(fn: Callable[[Domain, list[bytes], str], object], chunks: list[list[bytes]] = chunks) -> None:
+                for chunk in chunks:
+                    fn(domain, chunk, fmt)  # noqa: B023 - evaluated immediately
+
+            rate_layer = best_rate(lambda: run(layer), len(values), args.repeat)
+            rate_naive = best_rate(lambda: run(naive), len(values), max(1, args.repeat // 2))
+            rate_ceiling = best_rate(lambda: run(ceiling), len(values), args.repeat)
+            print(
+                f"{name:<20} {fmt:<6} {rate_layer:>12,.0f} {rate_naive:>12,.0f} {rate_ceiling:>14,.0f}"
+                f" {rate_layer / rate_ceiling:>13.0%} {rate_layer / rate_naive:>11.1f}x"
+            )
+
+
+if __name__ == "__main__":
+    main()
