@@ -182,5 +182,7 @@ def unit_catalog_check(kind_column: str, units: dict[str, tuple[str, ...]], path
     return RecordCheck(
         reason=UNIT_MISMATCH,
         fails=pl.col(kind_column).is_in(list(units)) & pl.col("unit").is_not_null() & ~pair.is_in(pairs),
-        detail=pl.format(f"unit '{{}}' for {path} '{{}}', expected {{}}", pl.col("unit"), pl.col(kind_column), expected),
+        detail=pl.format(
+            f"unit '{{}}' for {path} '{{}}', expected {{}}", pl.col("unit"), pl.col(kind_column), expected
+        ),
     )
