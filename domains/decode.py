@@ -120,31 +120,23 @@ class BatchDecoder:
         uniform = _uniform_format(batch.values)
         if uniform is not None:
             return [(uniform, None)]
-        values = pl.Series(_ROW, batch.values, dtype=pl.Binary)
-        empty = values.is_null() | (values.bin.size() == 0)
-        if empty.any():
-            for i in empty.arg_true().to_list():
+        # Mixed or with empty values: sort by first byte. 0x00 cannot start raw Avro of our
+        # schemas (an empty timestamp) nor JSON; "{" cannot start raw Avro (a negative length).
+        groups: dict[WireFormat, list[int]] = {}
+        for i, value in enumerate(batch.values):
+            if not value:
                 rejected.append(Rejected(i, SCHEMA_ERROR, "empty message value"))
-        if self.wire_format is not WireFormat.AUTO:
-            kinds = pl.Series([self.wire_format.value] * n)
-        else:
-            # 0x00 cannot start raw Avro of our schemas (an empty timestamp) nor JSON; "{" cannot
-            # start raw Avro either (it would be a negative string length).
-            kinds = (
-                pl.select(
-                    pl.when(values.bin.starts_with(b"\x00"))
-                    .then(pl.lit(WireFormat.AVRO_CONFLUENT.value))
-                    .when(values.bin.starts_with(b"{") | _starts_with_space(values))
-                    .then(pl.lit(WireFormat.JSON.value))
-                    .otherwise(pl.lit(WireFormat.AVRO.value))
-                )
-                .to_series()
-            )
-        kinds = kinds.set(empty, None) if empty.any() else kinds  # type: ignore[arg-type]
-        distinct = kinds.drop_nulls().unique().to_list()
-        if len(distinct) == 1 and not empty.any():
-            return [(WireFormat(distinct[0]), None)]
-        return [(WireFormat(k), (kinds == k).arg_true().to_list()) for k in sorted(distinct)]
+                continue
+            if self.wire_format is not WireFormat.AUTO:
+                kind = self.wire_format
+            elif value[0] == 0:
+                kind = WireFormat.AVRO_CONFLUENT
+            elif value[0] in _JSON_STARTS:
+                kind = WireFormat.JSON
+            else:
+                kind = WireFormat.AVRO
+            groups.setdefault(kind, []).append(i)
+        return [(kind, groups[kind]) for kind in sorted(groups)]
 
     # -- decoding -----------------------------------------------------------------------------
 
@@ -264,15 +256,6 @@ def _uniform_format(values: Sequence[bytes | None]) -> WireFormat | None:
     if 0 not in first_bytes and not first_bytes & _JSON_STARTS:
         return WireFormat.AVRO
     return None
-
-
-def _starts_with_space(values: pl.Series) -> pl.Series:
-    return (
-        values.bin.starts_with(b" ")
-        | values.bin.starts_with(b"\n")
-        | values.bin.starts_with(b"\t")
-        | values.bin.starts_with(b"\r")
-    )
 
 
 def _row_column(rows: list[int] | range) -> pl.Series:

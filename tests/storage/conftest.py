@@ -7,7 +7,7 @@ named ``storage`` and shadow the real one.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -20,18 +20,7 @@ BACKENDS = ("local", "s3", "gcs")
 ConfigFactory = Callable[..., StorageConfig]
 
 
-@pytest.fixture(scope="session")
-def moto_server() -> Iterator[MotoS3Server]:
-    """One moto S3 server for the whole session (started only if a test needs it)."""
-    with MotoS3Server() as server:
-        yield server
-
-
-@pytest.fixture(scope="session")
-def gcs_server() -> Iterator[FakeGcsServer]:
-    """One fake-gcs-server for the whole session (started only if a test needs it)."""
-    with FakeGcsServer() as server:
-        yield server
+# moto_server and gcs_server are the session fixtures of tests/conftest.py.
 
 
 def unique_bucket() -> str:

@@ -1,0 +1,34 @@
+# Two commands from a fresh machine (see README):
+#   make demo   -- installs into .venv, runs broker + collector + sample traffic, prints a DuckDB summary
+#   make test   -- installs into .venv, runs the whole test suite (what .ci/run calls)
+
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: demo test lint bench install clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e ".[test]"
+	touch $(STAMP)
+
+install: $(STAMP)
+
+demo: $(STAMP)
+	$(PY) -m embedded.demo $(ARGS)
+
+test: $(STAMP)
+	$(PY) -m pytest $(ARGS)
+
+lint: $(STAMP)
+	$(PY) -m ruff check .
+
+bench: $(STAMP)
+	$(PY) -m bench.bench_decode
+	$(PY) -m bench.bench_collector
+
+clean:
+	rm -rf $(VENV) data .pytest_cache

@@ -1,0 +1,164 @@
+"""End-to-end benchmark: broker → collector → Parquet, next to a bare consumer on the same topics.
+
+In one run, on the same pre-produced messages (all six domains, Avro/JSON mixed, event times in
+the past so every minute is due at once):
+
+- ``bare consume``: one confluent-kafka consumer assigned to every partition, reading all messages
+  and touching each value (the broker ceiling for one consumer);
+- ``collector``: ``python -m collector`` as a subprocess, from its first consumed message until
+  every row is stored in minute files and the buffer is empty; its peak RSS (VmHWM) is printed.
+
+Run: ``python -m bench.bench_collector [--messages 100000] [--broker tansu|mock]``.
+``mock`` is librdkafka's in-process mock cluster (no CreateTopics, but a faster consumer than Tansu).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+from confluent_kafka import Consumer, Producer, TopicPartition
+
+from collector.topics import create_topics
+from domains import DOMAINS
+from embedded.servers import TansuBroker, free_port
+from trafficgen import TrafficGenerator
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _produce(bootstrap: str, n: int, formats: tuple[str, ...]) -> int:
+    # A factory at 5,000 msg/s: event time advances 200 us per message, ending two minutes ago.
+    step = timedelta(microseconds=200)
+    messages = TrafficGenerator(
+        seed=3, formats=formats, step=step,
+        start=datetime.now(UTC) - timedelta(minutes=2) - n * step,
+    ).generate(n)
+    producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 20, "batch.num.messages": 10000})
+    for m in messages:
+        while True:
+            try:
+                producer.produce(m.topic, key=m.key, value=m.value)
+                break
+            except BufferError:
+                producer.poll(0.05)
+    assert producer.flush(120) == 0
+    return sum(m.expected_rows for m in messages)
+
+
+def bare_consume(bootstrap: str, n: int, group: bool) -> float:
+    """Messages/s of one consumer reading everything (values touched, nothing else).
+
+    ``group``: subscribe as a consumer-group member like the collector; else explicit assignment.
+    """
+    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": f"bench-bare-{group}", "enable.auto.commit": False,
+                         "session.timeout.ms": 6000, "auto.offset.reset": "earliest",
+                         "partition.assignment.strategy": "cooperative-sticky"})
+    if group:
+        consumer.subscribe([d.topic.name for d in DOMAINS.values()])
+    else:
+        consumer.assign([
+            TopicPartition(d.topic.name, p, 0) for d in DOMAINS.values() for p in range(d.topic.partitions)
+        ])
+    got, started, total_bytes = 0, None, 0
+    deadline = time.monotonic() + 300
+    while got < n and time.monotonic() < deadline:
+        for message in consumer.consume(5000, 1.0):
+            if message.error() is None:
+                started = started or time.perf_counter()
+                total_bytes += len(message.value() or b"")
+                got += 1
+    elapsed = time.perf_counter() - (started or time.perf_counter())
+    consumer.close()
+    return got / elapsed if elapsed > 0 else 0.0
+
+
+def _metrics(port: int) -> dict[str, float]:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2) as response:
+            text = response.read().decode()
+    except OSError:
+        return {}
+    totals: dict[str, float] = {}
+    for line in text.splitlines():
+        if line and not line.startswith("#"):
+            name, _, value = line.rpartition(" ")
+            base = name.split("{", 1)[0]
+            totals[base] = totals.get(base, 0.0) + float(value)
+    return totals
+
+
+def run_collector(bootstrap: str, n: int, rows: int, data_dir: Path) -> tuple[float, int]:
+    """Messages/s through the collector and its peak RSS in bytes."""
+    port = free_port()
+    env = {
+        **os.environ, "PYTHONPATH": str(ROOT), "KAFKA_BROKERS": bootstrap, "STORAGE_BACKEND": "local",
+        "LOCAL_STORAGE_DIR": str(data_dir), "HTTP_PORT": str(port), "SESSION_TIMEOUT_MS": "6000",
+        "FLUSH_GRACE_SECONDS": "0", "LOG_LEVEL": "WARNING", "KAFKA_GROUP_ID": "bench-collector",
+    }
+    proc = subprocess.Popen([sys.executable, "-m", "collector"], env=env)
+    started = None
+    try:
+        deadline = time.monotonic() + 600
+        while time.monotonic() < deadline:
+            m = _metrics(port)
+            if started is None and m.get("fms_messages_consumed_total", 0) > 0:
+                started = time.perf_counter()
+            if m.get("fms_rows_written_total", 0) >= rows and m.get("fms_messages_consumed_total", 0) >= n:
+                break
+            time.sleep(0.05)
+        elapsed = time.perf_counter() - (started or time.perf_counter())
+        status = Path(f"/proc/{proc.pid}/status").read_text()
+        peak = int(re.search(r"VmHWM:\s+(\d+) kB", status)[1]) * 1024  # type: ignore[index]
+    finally:
+        proc.terminate()
+        proc.wait(60)
+    return (n / elapsed if elapsed > 0 else 0.0), peak
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--messages", type=int, default=100_000)
+    parser.add_argument("--broker", choices=("tansu", "mock"), default="tansu")
+    parser.add_argument("--formats", default="avro,json,avro-confluent", help="wire formats, mixed per message")
+    args = parser.parse_args()
+    os.environ.setdefault("RUST_BACKTRACE", "0")
+    data_dir = Path(tempfile.mkdtemp(prefix="bench-collector-"))
+    mock_owner = None
+    broker = None
+    try:
+        if args.broker == "tansu":
+            broker = TansuBroker().start()
+            bootstrap = broker.bootstrap
+            create_topics(bootstrap)
+        else:
+            mock_owner = Producer({"test.mock.num.brokers": 1})
+            b = mock_owner.list_topics(timeout=10).brokers
+            bootstrap = next(f"{x.host}:{x.port}" for x in b.values())
+        rows = _produce(bootstrap, args.messages, tuple(args.formats.split(",")))
+        bare_assigned = bare_consume(bootstrap, args.messages, group=False)
+        bare = bare_consume(bootstrap, args.messages, group=True)
+        through, peak = run_collector(bootstrap, args.messages, rows, data_dir)
+    finally:
+        if broker:
+            broker.stop()
+        shutil.rmtree(data_dir, ignore_errors=True)
+    print(f"end-to-end benchmark: {args.messages:,} messages ({rows:,} rows, {args.formats}) on {args.broker}")
+    print(f"{'path':<34}{'msg/s':>10}{'vs bare':>10}")
+    print(f"{'bare consumer, explicit assignment':<34}{bare_assigned:>10,.0f}{bare_assigned / bare:>10.0%}")
+    print(f"{'bare consumer, group member':<34}{bare:>10,.0f}{'100%':>10}")
+    print(f"{'collector → Parquet (local)':<34}{through:>10,.0f}{through / bare:>10.0%}")
+    print(f"collector peak RSS: {peak / 2**20:.0f} MiB")
+
+
+if __name__ == "__main__":
+    main()
