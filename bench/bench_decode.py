@@ -76,7 +76,7 @@ def naive(domain: Domain, values: list[bytes], fmt: str) -> pl.DataFrame:
         else:
             record = fastavro.schemaless_reader(io.BytesIO(value), domain.parsed_schema, None)
         rows.extend(_flatten_dict(domain, record))  # type: ignore[arg-type]
-    return pl.DataFrame(rows)
+    return pl.DataFrame(rows, infer_schema_length=None)
 
 
 def ceiling(domain: Domain, values: list[bytes], fmt: str) -> pl.DataFrame:

@@ -85,11 +85,14 @@ def index_prefixes(n: int) -> list[bytes]:
 
 @lru_cache(maxsize=64)
 def _container_header(schema_json: str, header_bytes: int) -> bytes:
-    fields: list[dict[str, Any]] = [{"name": "_idx", "type": "long"}]
+    # The container schema is the record schema with leading fields for the index (and the skipped
+    # framing bytes). A record encoding is the concatenation of its fields, so "index + header +
+    # value" is a valid encoding of it, and the columns come out flat, with no struct to unnest.
+    record = json.loads(schema_json)
+    leading: list[dict[str, Any]] = [{"name": _IDX, "type": "long"}]
     if header_bytes:
-        fields.append({"name": "_hdr", "type": {"type": "fixed", "name": "FmsHdr", "size": header_bytes}})
-    fields.append({"name": "rec", "type": json.loads(schema_json)})
-    wrapper = json.dumps({"type": "record", "name": "FmsBatchRecord", "fields": fields})
+        leading.append({"name": _HDR, "type": {"type": "fixed", "name": "FmsHdr", "size": header_bytes}})
+    wrapper = json.dumps({**record, "fields": leading + record["fields"]})
     meta = {b"avro.schema": wrapper.encode(), b"avro.codec": b"null"}
     head = bytearray(b"Obj\x01")
     head += _zigzag_varint(len(meta))
@@ -97,6 +100,10 @@ def _container_header(schema_json: str, header_bytes: int) -> bytes:
         head += _zigzag_varint(len(key)) + key + _zigzag_varint(len(value)) + value
     head += _zigzag_varint(0) + _SYNC_MARKER
     return bytes(head)
+
+
+_IDX = "_fms_idx"
+_HDR = "_fms_hdr"
 
 
 def decode_block(schema_json: str, values: list[bytes], header_bytes: int = 0) -> pl.DataFrame | None:
@@ -107,26 +114,25 @@ def decode_block(schema_json: str, values: list[bytes], header_bytes: int = 0) -
     """
     n = len(values)
     prefixes = index_prefixes(n)
-    parts: list[bytes] = [b""] * (2 * n)
-    parts[0::2] = prefixes
-    parts[1::2] = values
-    body = b"".join(parts)
-    block = (
-        _container_header(schema_json, header_bytes)
-        + _zigzag_varint(n)
-        + _zigzag_varint(len(body))
-        + body
-        + _SYNC_MARKER
-    )
+    body_size = sum(map(len, values)) + sum(map(len, prefixes))
+    # One join builds the whole container: header, block count and size, records, sync marker.
+    parts: list[bytes] = [b""] * (2 * n + 4)
+    parts[0] = _container_header(schema_json, header_bytes)
+    parts[1] = _zigzag_varint(n)
+    parts[2] = _zigzag_varint(body_size)
+    parts[3:-1:2] = prefixes
+    parts[4:-1:2] = values
+    parts[-1] = _SYNC_MARKER
     try:
-        frame = pl.read_avro(io.BytesIO(block))
+        frame = pl.read_avro(io.BytesIO(b"".join(parts)))
     except BaseException as exc:  # noqa: BLE001 - polars raises a PanicException (BaseException)
         if isinstance(exc, KeyboardInterrupt | SystemExit):
             raise
         return None
-    if frame.height != n or not frame["_idx"].equals(pl.int_range(0, n, eager=True).cast(pl.Int64), check_names=False):
+    index = frame.get_column(_IDX)
+    if frame.height != n or not index.equals(pl.int_range(0, n, eager=True).cast(pl.Int64), check_names=False):
         return None
-    return frame.select(pl.col("rec").struct.unnest())
+    return frame.drop(_IDX, _HDR, strict=False)
 
 
 def decode_one(payload: bytes, writer: Any, reader: Any | None = None) -> dict[str, Any]:

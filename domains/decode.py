@@ -207,9 +207,10 @@ class BatchDecoder:
         return self._frame_from_records(records, good_rows)
 
     def _decode_json(self, values: list[bytes], rows: list[int], rejected: list[Rejected]) -> pl.DataFrame:
-        if not any(b"\n" in v or b"\r" in v for v in values):
+        blob = b"\n".join(values)
+        if blob.count(b"\n") == len(values) - 1:  # no value spans lines: one value per NDJSON line
             try:
-                frame = pl.read_ndjson(io.BytesIO(b"\n".join(values)), schema=self.domain.nested_schema)
+                frame = pl.read_ndjson(io.BytesIO(blob), schema=self.domain.nested_schema)
                 if frame.height == len(values):
                     return frame.with_columns(_row_column(rows))
             except Exception:  # noqa: BLE001,S110 - the per-record path below names the culprit
@@ -323,7 +324,7 @@ def _flatten_and_validate(
     rejected = [
         Rejected(int(r), SCHEMA_ERROR, f"{domain.explode}[] is missing or empty") for r in no_items[_ROW].to_list()
     ]
-    frame = frame.with_columns(parse_utc(frame[ts]).alias(f"__ts_{ts}") for ts in domain.timestamp_fields)
+    frame = _parse_timestamps(frame, domain.timestamp_fields)
 
     # (reason, fails, detail) in priority order: first missing fields, then times, then domain rules.
     rules: list[tuple[str, pl.Expr, pl.Expr]] = []
@@ -361,30 +362,42 @@ def _flatten_and_validate(
 _FIXED_ISO_FORMATS = {20: "%Y-%m-%dT%H:%M:%SZ", 24: "%Y-%m-%dT%H:%M:%S.%3fZ"}
 
 
-def parse_utc(texts: pl.Series) -> pl.Series:
+def _parse_timestamps(frame: pl.DataFrame, columns: tuple[str, ...]) -> pl.DataFrame:
+    """Add ``__ts_<col>`` UTC timestamps for ISO-8601 string columns (null where unparseable).
+
+    Messages usually carry ``...:SSZ`` or ``...:SS.mmmZ``. Each column is parsed with the
+    fixed-width layout of its first value (a fast path, all columns in parallel); only the values
+    that layout misses go through the other layout and then the general parser.
+    """
+    guesses = {}
+    for column in columns:
+        first = frame.get_column(column).drop_nulls().head(1).to_list()
+        guesses[column] = _FIXED_ISO_FORMATS.get(len(first[0]) if first else 0, _FIXED_ISO_FORMATS[20])
+    frame = frame.with_columns(
+        pl.col(c).str.to_datetime(guesses[c], time_unit="us", time_zone="UTC", strict=False).alias(f"__ts_{c}")
+        for c in columns
+    )
+    for column in columns:
+        parsed = frame.get_column(f"__ts_{column}")
+        if parsed.null_count() != frame.get_column(column).null_count():
+            frame = frame.with_columns(parse_utc(frame.get_column(column), parsed).alias(f"__ts_{column}"))
+    return frame
+
+
+def parse_utc(texts: pl.Series, parsed: pl.Series | None = None) -> pl.Series:
     """Parse ISO-8601 strings to UTC microsecond timestamps; unparseable ones become null.
 
-    Messages usually carry ``...:SSZ`` or ``...:SS.mmmZ``; those take a fixed-width fast path and
-    only the rest go through the general parser (offsets like ``+09:00``, other precisions).
+    ``parsed`` holds values already parsed (nulls are tried again): fixed layouts first, then
+    the general parser (offsets like ``+09:00``, other precisions).
     """
-    parsed = pl.Series(texts.name, [None] * texts.len(), dtype=UTC_MICROS)
-    lengths = texts.str.len_bytes()
-    todo = texts.is_not_null()
-    for width, fmt in sorted(_FIXED_ISO_FORMATS.items(), key=lambda kv: -int((lengths == kv[0]).sum() or 0)):
-        mask = todo & (lengths == width)
-        if not mask.any():
-            continue
-        if mask.all():
-            parsed = texts.str.to_datetime(fmt, time_unit="us", time_zone="UTC", strict=False)
-        else:
-            idx = mask.arg_true()
-            values = texts.gather(idx).str.to_datetime(fmt, time_unit="us", time_zone="UTC", strict=False)
-            parsed = parsed.scatter(idx, values)
-        todo = todo & parsed.is_null()
-    if todo.any():
-        idx = todo.arg_true()
-        values = texts.gather(idx).str.to_datetime("%+", time_unit="us", time_zone="UTC", strict=False)
-        parsed = parsed.scatter(idx, values)
+    if parsed is None:
+        parsed = pl.Series(texts.name, [None] * texts.len(), dtype=UTC_MICROS)
+    for fmt in [*_FIXED_ISO_FORMATS.values(), "%+"]:
+        idx = (parsed.is_null() & texts.is_not_null()).arg_true()
+        if idx.is_empty():
+            break
+        retry = texts.gather(idx).str.to_datetime(fmt, time_unit="us", time_zone="UTC", strict=False)
+        parsed = parsed.scatter(idx, retry)
     return parsed.alias(texts.name)
 
 
