@@ -99,10 +99,10 @@ class BatchDecoder:
         nested = _concat(frames, self.domain)
         # Avro decoded natively cannot hold nulls outside unions: skip the null checks then.
         check_nulls = self._strict_frames < len(frames)
-        rows, invalid = _flatten_and_validate(self.domain, nested, check_nulls)
+        # Row i is message i when nothing was set aside and nothing explodes: no gather needed.
+        in_batch_order = not rejected and not self.domain.explode and len(frames) == 1
+        rows, invalid = _typed_rows(self.domain, nested, batch, collected_at, check_nulls, in_batch_order)
         rejected.extend(invalid)
-        in_batch_order = not rejected and not self.domain.explode and len(frames) == 1 and rows.height == len(batch)
-        rows = _with_provenance(self.domain, rows, batch, collected_at, in_batch_order)
         rejected.sort(key=lambda r: r.index)
         return DecodedBatch(domain=self.domain, rows=rows, rejected=rejected)
 
@@ -157,9 +157,7 @@ class BatchDecoder:
             return [self._decode_avro_each(values, rows, self.domain.parsed_schema, 0, rejected)]
         return self._decode_confluent(values, rows, rejected)
 
-    def _decode_confluent(
-        self, values: list[bytes], rows: list[int], rejected: list[Rejected]
-    ) -> list[pl.DataFrame]:
+    def _decode_confluent(self, values: list[bytes], rows: list[int], rejected: list[Rejected]) -> list[pl.DataFrame]:
         by_id: dict[bytes, list[int]] = {}
         for pos, value in enumerate(values):
             by_id.setdefault(value[1:_CONFLUENT_HEADER], []).append(pos)
@@ -186,9 +184,7 @@ class BatchDecoder:
                 writer_parsed = self.domain.parsed_schema
             else:
                 writer_parsed = writer.parsed  # another version: per-record Avro schema resolution
-            frames.append(
-                self._decode_avro_each(group, group_rows, writer_parsed, _CONFLUENT_HEADER, rejected)
-            )
+            frames.append(self._decode_avro_each(group, group_rows, writer_parsed, _CONFLUENT_HEADER, rejected))
         return frames
 
     def _decode_avro_each(
@@ -291,16 +287,12 @@ def _concat(frames: list[pl.DataFrame], domain: Domain) -> pl.DataFrame:
     return pl.concat([f.select(list(schema)).cast(schema) for f in frames], how="vertical")  # type: ignore[arg-type]
 
 
-def _flatten(domain: Domain, nested: pl.DataFrame) -> tuple[pl.DataFrame, pl.DataFrame]:
-    """Explode the domain's array and flatten its structs; also return messages with no elements."""
-    frame = nested
-    no_items = frame.clear()
+def _flatten(domain: Domain, frame: pl.LazyFrame) -> pl.LazyFrame:
+    """Explode the domain's array (one row per element, ``item_index``) and flatten its structs."""
     if domain.explode:
         items = pl.col(domain.explode)
-        empty = items.is_null() | (items.list.len() == 0)
-        no_items = frame.filter(empty)
         frame = (
-            frame.filter(~empty)
+            frame.filter(items.list.len() > 0)
             .with_columns(pl.int_ranges(0, items.list.len(), dtype=pl.Int32).alias("item_index"))
             .explode([domain.explode, "item_index"])
             .unnest(domain.explode)
@@ -313,20 +305,67 @@ def _flatten(domain: Domain, nested: pl.DataFrame) -> tuple[pl.DataFrame, pl.Dat
         frame = frame.with_columns(
             pl.col(name).struct.field(sub.name).alias(f"{name}_{sub.name}") for sub in dtype.fields
         ).drop(name)
-    return frame, no_items
+    return frame
 
 
-def _flatten_and_validate(
-    domain: Domain, nested: pl.DataFrame, check_nulls: bool = True
+# Fixed-width layouts parse ~4x faster than the general ISO-8601 parser; try them first.
+_FIXED_ISO_FORMATS = {20: "%Y-%m-%dT%H:%M:%SZ", 24: "%Y-%m-%dT%H:%M:%S.%3fZ"}
+_BAD = "_bad"
+
+
+def _first_text(nested: pl.DataFrame, path: str) -> str | None:
+    """The first non-null string at a field path like ``status.changed_at`` (layout guess)."""
+    top, _, sub = path.partition(".")
+    column = nested.get_column(top)
+    values = column.struct.field(sub) if sub else column
+    first = values.drop_nulls().head(1).to_list()
+    return first[0] if first else None
+
+
+def _typed_rows(
+    domain: Domain,
+    nested: pl.DataFrame,
+    batch: MessageBatch,
+    collected_at: datetime,
+    check_nulls: bool,
+    in_batch_order: bool,
 ) -> tuple[pl.DataFrame, list[Rejected]]:
-    """Flatten, parse timestamps and apply the domain's checks; bad rows reject their message."""
-    frame, no_items = _flatten(domain, nested)
-    rejected = [
-        Rejected(int(r), SCHEMA_ERROR, f"{domain.explode}[] is missing or empty") for r in no_items[_ROW].to_list()
-    ]
-    frame = _parse_timestamps(frame, domain.timestamp_fields)
+    """Flatten, type and check decoded messages in one lazy plan; bad rows reject their message.
 
-    # (reason, fails, detail) in priority order: first missing fields, then times, then domain rules.
+    Timestamps are parsed with the fixed-width layout of each column's first value; values that
+    layout misses are parsed again (other layout, then the general ISO-8601 parser) before the
+    checks decide they are invalid.
+    """
+    rejected: list[Rejected] = []
+    if domain.explode:
+        items = nested.get_column(domain.explode)
+        empty = (items.is_null() | (items.list.len() == 0)).arg_true()
+        if not empty.is_empty():
+            rows = nested.get_column(_ROW).gather(empty).to_list()
+            rejected += [Rejected(int(r), SCHEMA_ERROR, f"{domain.explode}[] is missing or empty") for r in rows]
+            in_batch_order = False
+
+    texts = {
+        ts: _first_text(nested, domain.source_paths[ts]) if nested.height else None for ts in domain.timestamp_fields
+    }
+    parse = {
+        ts: pl.col(ts).str.to_datetime(
+            _FIXED_ISO_FORMATS.get(len(texts[ts] or ""), _FIXED_ISO_FORMATS[20]),
+            time_unit="us",
+            time_zone="UTC",
+            strict=False,
+        )
+        for ts in domain.timestamp_fields
+    }
+    partitions = pl.Series(batch.partitions, dtype=pl.Int32)
+    offsets = pl.Series(batch.offsets, dtype=pl.Int64)
+    stamps = (pl.Series(batch.timestamps_ms, dtype=pl.Int64) * 1000).cast(UTC_MICROS)
+    if in_batch_order and nested.height == len(batch):
+        provenance = [pl.lit(partitions), pl.lit(offsets), pl.lit(stamps)]
+    else:
+        provenance = [pl.lit(x).gather(pl.col(_ROW)) for x in (partitions, offsets, stamps)]
+
+    # (reason, fails, detail) in priority order: missing fields, then times, then domain rules.
     rules: list[tuple[str, pl.Expr, pl.Expr]] = []
     for column, path in domain.source_paths.items():
         if check_nulls and column not in domain.nullable_columns:
@@ -341,47 +380,40 @@ def _flatten_and_validate(
         )
     rules.extend((c.reason, c.fails.fill_null(False), c.detail) for c in domain.checks)
 
-    bad = frame.select(pl.any_horizontal([fails for _, fails, _ in rules]).alias("bad")).to_series()
+    frame = (
+        _flatten(domain, nested.lazy())
+        .with_columns(
+            *(parse[ts].alias(f"__ts_{ts}") for ts in domain.timestamp_fields),
+            pl.lit(batch.topic, pl.String).alias("kafka_topic"),
+            provenance[0].alias("kafka_partition"),
+            provenance[1].alias("kafka_offset"),
+            provenance[2].alias("kafka_timestamp"),
+            pl.lit(collected_at).cast(UTC_MICROS).alias("collected_at"),
+        )
+        .collect()
+    )
+    for ts in domain.timestamp_fields:
+        parsed = frame.get_column(f"__ts_{ts}")
+        if parsed.null_count() != frame.get_column(ts).null_count():
+            frame = frame.with_columns(parse_utc(frame.get_column(ts), parsed).alias(f"__ts_{ts}"))
+
+    bad = frame.select(pl.any_horizontal([fails for _, fails, _ in rules]).alias(_BAD)).to_series()
     if bad.any():
-        bad_rows = frame.filter(bad)
         priority: pl.Expr = pl.lit(None, pl.Int32)
         for i in reversed(range(len(rules))):
             priority = pl.when(rules[i][1]).then(pl.lit(i, pl.Int32)).otherwise(priority)
-        ranked = bad_rows.with_columns(priority.alias("_rule")).sort([_ROW, "_rule"]).unique(_ROW, keep="first")
+        ranked = frame.filter(bad).with_columns(priority.alias("_rule")).sort([_ROW, "_rule"])
+        ranked = ranked.unique(_ROW, keep="first")
         for rule_index in ranked["_rule"].unique().to_list():
             reason, _, detail = rules[rule_index]
             hits = ranked.filter(pl.col("_rule") == rule_index).select(_ROW, detail.alias("_detail"))
-            for row, text in hits.iter_rows():
-                rejected.append(Rejected(int(row), reason, str(text)))
+            rejected += [Rejected(int(row), reason, str(text)) for row, text in hits.iter_rows()]
         frame = frame.filter(~pl.col(_ROW).is_in(ranked[_ROW].implode()))
-    frame = frame.drop(list(domain.timestamp_fields)).rename({f"__ts_{ts}": ts for ts in domain.timestamp_fields})
-    return frame, rejected
-
-
-# Fixed-width layouts parse ~4x faster than the general ISO-8601 parser; try them first.
-_FIXED_ISO_FORMATS = {20: "%Y-%m-%dT%H:%M:%SZ", 24: "%Y-%m-%dT%H:%M:%S.%3fZ"}
-
-
-def _parse_timestamps(frame: pl.DataFrame, columns: tuple[str, ...]) -> pl.DataFrame:
-    """Add ``__ts_<col>`` UTC timestamps for ISO-8601 string columns (null where unparseable).
-
-    Messages usually carry ``...:SSZ`` or ``...:SS.mmmZ``. Each column is parsed with the
-    fixed-width layout of its first value (a fast path, all columns in parallel); only the values
-    that layout misses go through the other layout and then the general parser.
-    """
-    guesses = {}
-    for column in columns:
-        first = frame.get_column(column).drop_nulls().head(1).to_list()
-        guesses[column] = _FIXED_ISO_FORMATS.get(len(first[0]) if first else 0, _FIXED_ISO_FORMATS[20])
-    frame = frame.with_columns(
-        pl.col(c).str.to_datetime(guesses[c], time_unit="us", time_zone="UTC", strict=False).alias(f"__ts_{c}")
-        for c in columns
-    )
-    for column in columns:
-        parsed = frame.get_column(f"__ts_{column}")
-        if parsed.null_count() != frame.get_column(column).null_count():
-            frame = frame.with_columns(parse_utc(frame.get_column(column), parsed).alias(f"__ts_{column}"))
-    return frame
+    typed = {
+        **{c: pl.col(c) for c in domain.flat_schema},
+        **{ts: pl.col(f"__ts_{ts}") for ts in domain.timestamp_fields},
+    }
+    return frame.select([typed[c].cast(t).alias(c) for c, t in domain.flat_schema.items()]), rejected
 
 
 def parse_utc(texts: pl.Series, parsed: pl.Series | None = None) -> pl.Series:
@@ -399,29 +431,6 @@ def parse_utc(texts: pl.Series, parsed: pl.Series | None = None) -> pl.Series:
         retry = texts.gather(idx).str.to_datetime(fmt, time_unit="us", time_zone="UTC", strict=False)
         parsed = parsed.scatter(idx, retry)
     return parsed.alias(texts.name)
-
-
-def _with_provenance(
-    domain: Domain, rows: pl.DataFrame, batch: MessageBatch, collected_at: datetime, in_batch_order: bool = False
-) -> pl.DataFrame:
-    """Attach Kafka positions and ingestion time, and cast to the stored row schema.
-
-    ``in_batch_order`` says row i is message i (no explode, nothing rejected): no gather needed.
-    """
-    partitions = pl.Series(batch.partitions, dtype=pl.Int32)
-    offsets = pl.Series(batch.offsets, dtype=pl.Int64)
-    timestamps = (pl.Series(batch.timestamps_ms, dtype=pl.Int64) * 1000).cast(UTC_MICROS)
-    if not in_batch_order:
-        index = rows[_ROW]
-        partitions, offsets, timestamps = partitions.gather(index), offsets.gather(index), timestamps.gather(index)
-    schema = domain.flat_schema
-    return rows.with_columns(
-        pl.lit(batch.topic, pl.String).alias("kafka_topic"),
-        partitions.alias("kafka_partition"),
-        offsets.alias("kafka_offset"),
-        timestamps.alias("kafka_timestamp"),
-        pl.lit(collected_at).cast(UTC_MICROS).alias("collected_at"),
-    ).select([pl.col(c).cast(t) for c, t in schema.items()])
 
 
 __all__ = [
