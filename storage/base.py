@@ -54,6 +54,14 @@ class ObjectStore(Protocol):
         """Return the object's bytes; raise :class:`ObjectNotFound` if there is none."""
         ...
 
+    def put_file(self, key: str, path: str) -> None:
+        """Like :meth:`put`, streaming from a local file (large merged files)."""
+        ...
+
+    def get_file(self, key: str, path: str) -> None:
+        """Like :meth:`get`, streaming into a local file; :class:`ObjectNotFound` if missing."""
+        ...
+
     def list(self, prefix: str = "") -> list[ObjectInfo]:
         """All objects whose key starts with ``prefix`` (recursively), sorted by key."""
         ...

@@ -103,6 +103,28 @@ class GcsStore:
         except Exception as exc:
             raise self._translate(exc, f"get {key}") from exc
 
+    def put_file(self, key: str, path: str) -> None:
+        """Upload a local file; the object appears only when the upload commits."""
+        validate_key(key)
+        blob = self._bucket.blob(key)
+        self._call(
+            f"put {key}",
+            lambda: blob.upload_from_filename(
+                path, content_type="application/octet-stream", timeout=self._timeout, retry=None
+            ),
+        )
+
+    def get_file(self, key: str, path: str) -> None:
+        """Download into a local file."""
+        validate_key(key)
+        try:
+            self._bucket.blob(key).download_to_filename(path, timeout=self._timeout, retry=None)
+        except api_exceptions.NotFound as exc:
+            self._probe(f"get {key}")
+            raise ObjectNotFound(key) from exc
+        except Exception as exc:
+            raise self._translate(exc, f"get {key}") from exc
+
     def list(self, prefix: str = "") -> list[ObjectInfo]:
         """All blobs below ``prefix`` (every page), sorted by key."""
         validate_prefix(prefix)

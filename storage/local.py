@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import shutil
 import uuid
 from datetime import UTC, datetime
 from pathlib import Path
@@ -62,6 +63,35 @@ class LocalStore:
         path = self._path(key)
         try:
             return path.read_bytes()
+        except (FileNotFoundError, NotADirectoryError, IsADirectoryError) as exc:
+            raise ObjectNotFound(key) from exc
+        except OSError as exc:
+            raise _translate(exc, f"get {key}") from exc
+
+    def put_file(self, key: str, path: str) -> None:
+        """Copy a local file in via a fsynced hidden temp file and ``os.replace``."""
+        target = self._path(key)
+        try:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            tmp = target.parent / f"{TEMP_PREFIX}{target.name}-{uuid.uuid4().hex}"
+            try:
+                shutil.copyfile(path, tmp)
+                with open(tmp, "rb+") as fh:
+                    os.fsync(fh.fileno())
+                os.replace(tmp, target)
+            except BaseException:
+                with contextlib.suppress(OSError):
+                    os.unlink(tmp)
+                raise
+            _fsync_dir(target.parent)
+        except OSError as exc:
+            raise _translate(exc, f"put {key}") from exc
+
+    def get_file(self, key: str, path: str) -> None:
+        """Copy the object out into a local file."""
+        source = self._path(key)
+        try:
+            shutil.copyfile(source, path)
         except (FileNotFoundError, NotADirectoryError, IsADirectoryError) as exc:
             raise ObjectNotFound(key) from exc
         except OSError as exc:

@@ -138,6 +138,23 @@ class S3Store:
         except Exception as exc:
             raise self._translate(exc, f"get {key}") from exc
 
+    def put_file(self, key: str, path: str) -> None:
+        """Upload a local file (multipart for large files); the object appears only when complete."""
+        validate_key(key)
+        self._call(f"put {key}", lambda: self._client.fput_object(self.bucket, key, path))
+
+    def get_file(self, key: str, path: str) -> None:
+        """Download into a local file."""
+        validate_key(key)
+        try:
+            self._client.fget_object(self.bucket, key, path)
+        except S3Error as exc:
+            if exc.code in _MISSING_OBJECT_CODES:
+                raise ObjectNotFound(key) from exc
+            raise self._translate(exc, f"get {key}") from exc
+        except Exception as exc:
+            raise self._translate(exc, f"get {key}") from exc
+
     def list(self, prefix: str = "") -> list[ObjectInfo]:
         """ListObjectsV2 (all pages) below ``prefix``, sorted by key."""
         validate_prefix(prefix)

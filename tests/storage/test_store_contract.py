@@ -445,3 +445,16 @@ def _server_and_config(request: pytest.FixtureRequest, backend: str) -> tuple[in
 def _address(backend: str, proxy: TcpProxy) -> str:
     """The proxy's address in the form the backend's settings expect."""
     return proxy.address if backend == "s3" else f"http://{proxy.address}"
+
+
+def test_put_file_and_get_file_stream_through_local_files(store: ObjectStore, tmp_path: Path) -> None:
+    source = tmp_path / "in.bin"
+    payload = os.urandom(3 * 1024 * 1024 + 7)
+    source.write_bytes(payload)
+    store.put_file("equipment_metrics/hour/20250612_00_01.parquet", str(source))
+    target = tmp_path / "out.bin"
+    store.get_file("equipment_metrics/hour/20250612_00_01.parquet", str(target))
+    assert target.read_bytes() == payload
+    assert [o.size for o in store.list("equipment_metrics/hour/")] == [len(payload)]
+    with pytest.raises(ObjectNotFound):
+        store.get_file("equipment_metrics/hour/missing.parquet", str(tmp_path / "none.bin"))
