@@ -1,0 +1,1 @@
+"""The merger: minute files rolled up into hour, day and week files (CronJobs)."""

@@ -1,0 +1,90 @@
+"""``python -m merger hour|day|week [--period NAME] [--domain D ...] [--dry-run]``.
+
+With no ``--period``, merges every complete period that has no merged file or whose sources
+changed since it was merged (late minute files, a backfill), oldest first. Storage settings are
+the collector's (STORAGE_BACKEND, MINIO_*, GCS_*, LOCAL_STORAGE_DIR); also PARTITION_TIMEZONE,
+WEEK_START, MERGE_GRACE_MINUTES, MERGER_MEMORY_MB, MINUTE_KEEP_HOURS.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from datetime import UTC, datetime, timedelta
+
+from common.errors import CollectorError, ConfigError
+from common.logs import setup_logging
+from domains import DOMAINS
+from merger.periods import Calendar, Grain
+from merger.run import MergerConfig, pending_periods, run
+from storage.factory import StorageConfig, open_store
+
+
+def config_from_env(env: dict[str, str] | os._Environ[str]) -> MergerConfig:
+    """Merger settings from the environment; ConfigError names the variable on a bad value."""
+
+    def number(name: str, default: str) -> float:
+        raw = env.get(name, default)
+        try:
+            value = float(raw)
+        except ValueError:
+            raise ConfigError(f"{name}: expected a number (got {raw!r})") from None
+        if value < 0:
+            raise ConfigError(f"{name}: must not be negative (got {raw!r})")
+        return value
+
+    try:
+        calendar = Calendar.of(env.get("PARTITION_TIMEZONE", "UTC"), env.get("WEEK_START", "sunday"))
+    except ValueError as exc:
+        raise ConfigError(f"WEEK_START: {exc}") from None
+    except Exception:  # zoneinfo raises several kinds for unknown names
+        raise ConfigError(f"PARTITION_TIMEZONE: unknown time zone {env.get('PARTITION_TIMEZONE')!r}") from None
+    return MergerConfig(
+        calendar=calendar,
+        grace=timedelta(minutes=number("MERGE_GRACE_MINUTES", "5")),
+        memory_limit_mb=int(number("MERGER_MEMORY_MB", "512")),
+        minute_keep=timedelta(hours=number("MINUTE_KEEP_HOURS", "48")),
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point; returns the exit code."""
+    parser = argparse.ArgumentParser(
+        prog="python -m merger", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("grain", choices=["hour", "day", "week"])
+    parser.add_argument("--period", help="merge only this period, e.g. 20250612_00_01, 20250612, 20250601_20250607")
+    parser.add_argument("--domain", action="append", choices=sorted(DOMAINS), help="limit to a domain (repeatable)")
+    parser.add_argument("--dry-run", action="store_true", help="print the pending periods and exit")
+    parser.add_argument("--now", help="ISO time to use as now (testing, replays)")
+    args = parser.parse_args(argv)
+    try:
+        config = config_from_env(os.environ)
+        storage = StorageConfig.from_env(os.environ)
+        setup_logging(os.environ.get("LOG_LEVEL", "INFO"), os.environ.get("LOG_FORMAT", "json"))
+        store = open_store(storage)
+        store.check()
+    except ConfigError as exc:
+        print(f"merger: configuration error: {exc}", file=sys.stderr)
+        return 2
+    except CollectorError as exc:
+        print(f"merger: cannot start: {exc}", file=sys.stderr)
+        return 1
+    grain = Grain[args.grain.upper()]
+    now = datetime.fromisoformat(args.now) if args.now else datetime.now(UTC)
+    if args.dry_run:
+        for domain, periods in pending_periods(store, grain, config, now).items():
+            print(f"{domain}: {', '.join(p.name for p in periods) or '-'}")
+        return 0
+    report = run(store, grain, config, now=now, domains=args.domain, period_name=args.period)
+    rows = sum(r.rows for r in report.merged)
+    print(
+        f"merger {grain.folder}: {len(report.merged)} files merged ({rows:,} rows), "
+        f"{len(report.deleted)} files deleted{' (skipped: lease held)' if report.skipped else ''}"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
