@@ -174,7 +174,7 @@ class Dimensions:
             key = next((f"{prefix}{name}.{ext}" for ext in ("parquet", "csv") if f"{prefix}{name}.{ext}" in present),
                        None)  # fmt: skip
             if key is None:
-                log.warning("dimension table %s absent under %r: rules that need it mark threshold_missing", name, prefix)
+                log.warning("dimension table %s absent under %r: its rules mark threshold_missing", name, prefix)
                 out[name] = empty(name)
                 continue
             try:

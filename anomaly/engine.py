@@ -1,0 +1,256 @@
+"""The anomaly engine: one call per decoded batch of a domain → flagged rows, DLQ records, alarms.
+
+Steps of :meth:`AnomalyEngine.evaluate` (rows are first put in Kafka order: partition, offset, item):
+
+1. enrich: the domain's dimension joins and flag columns (:mod:`anomaly.rules`);
+2. duplicate: the de-dup key seen before within the watermark at another position (state);
+3. reasons: every applicable DLQ reason per row, one per message by ``REASON_PRIORITY``;
+4. rejected messages (duplicate, unit_mismatch) leave the rows; nothing below sees them;
+5. consecutive-exceedance counters (state), then alarms;
+6. last-seen records of robots/devices for the offline sweep (state).
+
+The clock is the ``now`` argument; nothing here reads the time.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+import polars as pl
+
+from anomaly.dims import Dimensions
+from anomaly.records import (
+    ALARM_SCHEMA,
+    DLQ_SCHEMA,
+    DUPLICATE,
+    LATE_ARRIVAL,
+    LATE_ARRIVAL_DOMAINS,
+    RANK,
+    REJECTING,
+    EngineConfig,
+    Evaluation,
+    alarm_id,
+    flag_schema,
+)
+from anomaly.rules import RULES
+from anomaly.rules.base import RID, RUN, Consecutive, Reason, RuleSet
+from anomaly.state import EngineState
+from domains import DOMAINS
+from domains.base import POSITION_KEY, UTC_MICROS, Domain
+
+_MSG = ["kafka_topic", "kafka_partition", "kafka_offset"]
+
+
+class AnomalyEngine:
+    """Evaluates batches against the dimension tables, keeping per-entity state in ``state``."""
+
+    def __init__(self, dims: Dimensions, state: EngineState | None = None, config: EngineConfig | None = None) -> None:
+        self.dims = dims
+        self.state = state if state is not None else EngineState()
+        self.config = config or EngineConfig()
+
+    def evaluate(self, domain_name: str, rows: pl.DataFrame, now: datetime) -> Evaluation:
+        """Evaluate decoded rows (``Domain.flat_schema``) of one domain at wall-clock time ``now``."""
+        domain = DOMAINS[domain_name]
+        rules = RULES[domain_name]
+        source_columns = list(rows.columns)
+        rows = rows.sort(list(POSITION_KEY)).with_row_index(RID)
+        rows = rules.enrich(rows, self.dims, self.config)
+        rows = rows.with_columns(_dup=pl.Series(self._duplicates(domain, rows), dtype=pl.Boolean))
+        rows, dlq = self._route(domain, rules, rows, now)
+        kept = rows.filter(~pl.col("_rejected"))
+        if rules.consecutive is not None:
+            kept = self._consecutive(rules.consecutive, kept)
+        alarms = self._alarms(domain_name, rules, kept, now)
+        if rules.heartbeat_entity is not None:
+            self._track(domain_name, rules.heartbeat_entity, kept)
+        flags = flag_schema(domain_name)
+        out = kept.select(
+            *source_columns,
+            *[(pl.col(c) if c in kept.columns else pl.lit(None)).cast(t).alias(c) for c, t in flags.items()],
+        )
+        return Evaluation(domain=domain_name, rows=out, dlq=dlq, alarms=alarms)
+
+    # -- duplicates -----------------------------------------------------------------------------
+
+    def _duplicates(self, domain: Domain, rows: pl.DataFrame) -> list[bool]:
+        window = self.config.dedup_windows.get(domain.name)
+        if window is None or rows.height == 0:
+            return [False] * rows.height
+        parts = [pl.col(c).dt.epoch("us").cast(pl.String) if rows.schema[c] == UTC_MICROS else pl.col(c).cast(pl.String)
+                 for c in domain.dedup_key]  # fmt: skip
+        frame = rows.select(
+            pl.concat_str(parts, separator="|", ignore_nulls=True).alias("k"),
+            pl.col("timestamp").dt.epoch("us").alias("ts"),
+            *POSITION_KEY,
+        )
+        out: list[bool] = []
+        touched = set()
+        for key, ts, topic, partition, offset, item in zip(
+            frame["k"], frame["ts"], frame["kafka_topic"], frame["kafka_partition"], frame["kafka_offset"],
+            frame["item_index"], strict=True,
+        ):  # fmt: skip
+            state = self.state.partition(topic, partition)
+            touched.add((topic, partition))
+            seen = state.seen.get(key)
+            if seen is None:
+                state.seen[key] = [offset, item, ts]
+                out.append(False)
+            else:
+                out.append((seen[0], seen[1]) != (offset, item))
+            if ts is not None and ts > state.max_event_us:
+                state.max_event_us = ts
+        for topic, partition in touched:
+            self.state.partition(topic, partition).expire(window)
+        return out
+
+    # -- DLQ routing ----------------------------------------------------------------------------
+
+    def _reasons(self, domain: Domain, rules: RuleSet) -> list[Reason]:
+        reasons = list(rules.reasons(self.config))
+        reasons.append(Reason(DUPLICATE, pl.col("_dup"), pl.format("{} seen before within the watermark",
+                                                                   pl.lit(" + ".join(domain.dedup_key)))))
+        if domain.name in LATE_ARRIVAL_DOMAINS:
+            delay = pl.col("ingestion_timestamp") - pl.col("timestamp")
+            reasons.append(Reason(
+                LATE_ARRIVAL, (delay > self.config.late_after).fill_null(False),
+                pl.format("ingested {} s after its timestamp (limit {} s)", (delay.dt.total_milliseconds() / 1000),
+                          pl.lit(self.config.late_after.total_seconds())),
+            ))  # fmt: skip
+        return sorted(reasons, key=lambda r: RANK[r.reason])
+
+    def _route(
+        self, domain: Domain, rules: RuleSet, rows: pl.DataFrame, now: datetime
+    ) -> tuple[pl.DataFrame, pl.DataFrame]:
+        reasons = self._reasons(domain, rules)
+        reason: pl.Expr = pl.lit(None, pl.String)
+        detail: pl.Expr = pl.lit(None, pl.String)
+        rank: pl.Expr = pl.lit(None, pl.Int32)
+        for r in reversed(reasons):  # the first in priority order ends up outermost
+            cond = r.when.fill_null(False)
+            reason = pl.when(cond).then(pl.lit(r.reason)).otherwise(reason)
+            detail = pl.when(cond).then(r.detail).otherwise(detail)
+            rank = pl.when(cond).then(pl.lit(RANK[r.reason], pl.Int32)).otherwise(rank)
+        rows = rows.with_columns(_reason=reason, _detail=detail, _rank=rank)
+        per_message = (
+            rows.filter(pl.col("_rank").is_not_null())
+            .sort([*_MSG, "_rank", "item_index"])
+            .unique(_MSG, keep="first", maintain_order=True)
+            .select(*_MSG, pl.col("_reason").alias("dlq_reason"), pl.col("_detail").alias("_msg_detail"),
+                    pl.col(DOMAINS[domain.name].entity_key).cast(pl.String).alias("_entity"))
+        )  # fmt: skip
+        rows = rows.join(per_message.select(*_MSG, "dlq_reason"), on=_MSG, how="left").with_columns(
+            _rejected=pl.col("dlq_reason").is_in(list(REJECTING)).fill_null(False)
+        )
+        dlq = per_message.select(
+            pl.lit(domain.name).alias("domain"),
+            *_MSG,
+            pl.col("dlq_reason").alias("reason"),
+            pl.col("_msg_detail").alias("detail"),
+            pl.col("dlq_reason").is_in(list(REJECTING)).alias("rejected"),
+            pl.col("_entity").alias("entity_id"),
+            pl.lit(now).cast(UTC_MICROS).alias("detected_at"),
+        ).cast(DLQ_SCHEMA)  # type: ignore[arg-type]
+        return rows.sort(RID), dlq
+
+    # -- stateful alarms ------------------------------------------------------------------------
+
+    def _consecutive(self, spec: Consecutive, rows: pl.DataFrame) -> pl.DataFrame:
+        """Add ``_run`` (consecutive exceedances up to and including the row) and update the counters."""
+        group = ["kafka_topic", "kafka_partition", "_ckey"]
+        rows = rows.with_columns(_ckey=spec.key, _exc=spec.exceeds.fill_null(False))
+        keys = rows.select(group).unique(maintain_order=True)
+        carry = pl.DataFrame(
+            {
+                "kafka_topic": keys["kafka_topic"],
+                "kafka_partition": keys["kafka_partition"],
+                "_ckey": keys["_ckey"],
+                "_carry": [self.state.partition(t, p).runs.get(k, 0) for t, p, k in keys.iter_rows()],
+            },
+            schema={"kafka_topic": pl.String, "kafka_partition": pl.Int32, "_ckey": pl.String, "_carry": pl.Int64},
+        )
+        brk = (~pl.col("_exc")).cast(pl.Int64).cum_sum().over(group)
+        rows = rows.join(carry, on=group, how="left").with_columns(_brk=brk)
+        within = pl.col("_exc").cast(pl.Int64).cum_sum().over([*group, "_brk"])
+        rows = rows.with_columns(
+            pl.when(pl.col("_exc"))
+            .then(within + pl.when(pl.col("_brk") == 0).then(pl.col("_carry")).otherwise(0))
+            .otherwise(0)
+            .alias(RUN)
+        )
+        last = rows.group_by(group, maintain_order=True).agg(pl.col(RUN).last())
+        for topic, partition, key, run in last.iter_rows():
+            runs = self.state.partition(topic, partition).runs
+            if run:
+                runs[key] = int(run)
+            else:
+                runs.pop(key, None)
+        return rows
+
+    def _alarms(self, domain_name: str, rules: RuleSet, rows: pl.DataFrame, now: datetime) -> pl.DataFrame:
+        spec = rules.alarm(self.config)
+        fired = rows.filter(spec.fires.fill_null(False)).select(
+            pl.lit(domain_name).alias("domain"),
+            spec.entity.cast(pl.String).alias("entity_id"),
+            spec.rule.alias("rule"),
+            spec.severity.alias("severity"),
+            spec.value.cast(pl.Float64).alias("value"),
+            pl.col("threshold_min").cast(pl.Float64),
+            pl.col("threshold_max").cast(pl.Float64),
+            spec.unit.alias("unit"),
+            spec.location.alias("location"),
+            spec.description.alias("description"),
+            pl.col("timestamp").alias("event_time"),
+            pl.lit(now).cast(UTC_MICROS).alias("detected_at"),
+            pl.col("kafka_topic").alias("source_topic"),
+            pl.col("kafka_partition").alias("source_partition"),
+            pl.col("kafka_offset").alias("source_offset"),
+            pl.col("item_index").alias("source_item_index"),
+        )
+        ids = [
+            alarm_id(domain_name, e, r, t, p, o, i)
+            for e, r, t, p, o, i in zip(fired["entity_id"], fired["rule"], fired["source_topic"],
+                                        fired["source_partition"], fired["source_offset"], fired["source_item_index"],
+                                        strict=True)
+        ]  # fmt: skip
+        return fired.with_columns(alarm_id=pl.Series(ids, dtype=pl.String)).select(list(ALARM_SCHEMA)).cast(
+            ALARM_SCHEMA  # type: ignore[arg-type]
+        )
+
+    # -- last seen ------------------------------------------------------------------------------
+
+    def _track(self, domain_name: str, entity: str, rows: pl.DataFrame) -> None:
+        """Remember each entity's newest report (robot status, battery, transitions too)."""
+        extra = ["device_type"] if "device_type" in rows.columns else []
+        latest = rows.sort("timestamp", *POSITION_KEY).group_by(["kafka_topic", "kafka_partition", entity]).last()
+        for row in latest.select("kafka_topic", "kafka_partition", entity, "timestamp", "kafka_offset", "item_index",
+                                 "location", *extra).iter_rows(named=True):  # fmt: skip
+            state = self.state.partition(row["kafka_topic"], row["kafka_partition"])
+            ts = int(row["timestamp"].timestamp() * 1_000_000)
+            seen = state.last_seen.get(row[entity])
+            if seen is not None and seen["ts"] >= ts:
+                continue  # a replayed or out-of-order older report does not reset the silence
+            state.last_seen[row[entity]] = {
+                "domain": domain_name, "ts": ts, "offset": row["kafka_offset"], "item_index": row["item_index"],
+                "location": row["location"], "device_type": row.get("device_type"), "alerted": False,
+            }  # fmt: skip
+        if domain_name == "robot_status":
+            self._robot_history(rows)
+
+    def _robot_history(self, rows: pl.DataFrame) -> None:
+        """Status transitions and battery drain per hour (outside charging), per partition."""
+        ordered = rows.sort("timestamp", *POSITION_KEY).select(
+            "kafka_topic", "kafka_partition", "robot_id", pl.col("timestamp").dt.epoch("us"), "status_current",
+            "battery_level",
+        )  # fmt: skip
+        for topic, partition, robot, ts, status, battery in ordered.iter_rows():
+            state = self.state.partition(topic, partition)
+            previous = state.status.get(robot)
+            if previous is not None and previous != status:
+                state.transitions += 1
+            state.status[robot] = status
+            sample = state.battery.get(robot)
+            if sample is not None and ts > sample[0] and status != "charging" and battery <= sample[1]:
+                state.drain_pct += sample[1] - battery
+                state.drain_hours += (ts - sample[0]) / 3.6e9
+            state.battery[robot] = [ts, battery]
