@@ -1,4 +1,8 @@
-"""``python -m merger hour|day|week [--period NAME] [--domain D ...] [--dry-run]``.
+"""``python -m merger hour|day|week [--period NAME] [--domain D ...] [--dry-run]`` or ``python -m merger schedule``.
+
+``schedule`` runs the three merges in-process on the seed's cron schedules (hour ``1 * * * *``,
+day ``5 0 * * *``, week ``10 0 * * 1``, in PARTITION_TIMEZONE) with APScheduler, for setups that
+run next to the collector without Kubernetes CronJobs.
 
 With no ``--period``, merges every complete period that has no merged file or whose sources
 changed since it was merged (late minute files, a backfill), oldest first. Storage settings are
@@ -9,6 +13,7 @@ WEEK_START, MERGE_GRACE_MINUTES, MERGER_MEMORY_MB, MINUTE_KEEP_HOURS.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
 from datetime import UTC, datetime, timedelta
@@ -53,7 +58,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m merger", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("grain", choices=["hour", "day", "week"])
+    parser.add_argument("grain", choices=["hour", "day", "week", "schedule"])
     parser.add_argument("--period", help="merge only this period, e.g. 20250612_00_01, 20250612, 20250601_20250607")
     parser.add_argument("--domain", action="append", choices=sorted(DOMAINS), help="limit to a domain (repeatable)")
     parser.add_argument("--dry-run", action="store_true", help="print the pending periods and exit")
@@ -71,6 +76,8 @@ def main(argv: list[str] | None = None) -> int:
     except CollectorError as exc:
         print(f"merger: cannot start: {exc}", file=sys.stderr)
         return 1
+    if args.grain == "schedule":
+        return schedule(store, config)
     grain = Grain[args.grain.upper()]
     now = datetime.fromisoformat(args.now) if args.now else datetime.now(UTC)
     if args.dry_run:
@@ -83,6 +90,31 @@ def main(argv: list[str] | None = None) -> int:
         f"merger {grain.folder}: {len(report.merged)} files merged ({rows:,} rows), "
         f"{len(report.deleted)} files deleted{' (skipped: lease held)' if report.skipped else ''}"
     )
+    return 0
+
+
+SCHEDULES = {Grain.HOUR: "1 * * * *", Grain.DAY: "5 0 * * *", Grain.WEEK: "10 0 * * 1"}
+
+
+def schedule(store: object, config: MergerConfig) -> int:
+    """Run the merges on the seed's cron schedules until interrupted."""
+    from apscheduler.schedulers.blocking import BlockingScheduler
+    from apscheduler.triggers.cron import CronTrigger
+
+    scheduler = BlockingScheduler(timezone=config.calendar.tz)
+    for grain, cron in SCHEDULES.items():
+        scheduler.add_job(
+            run,
+            CronTrigger.from_crontab(cron, timezone=config.calendar.tz),
+            args=(store, grain, config),
+            id=f"merge-{grain.folder}",
+            max_instances=1,
+            coalesce=True,
+            misfire_grace_time=3600,
+        )
+    print("merger schedule: " + ", ".join(f"{g.folder} '{c}'" for g, c in SCHEDULES.items()), flush=True)
+    with contextlib.suppress(KeyboardInterrupt, SystemExit):
+        scheduler.start()
     return 0
 
 

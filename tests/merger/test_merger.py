@@ -286,3 +286,27 @@ def test_minute_files_are_kept_until_their_hour_is_verified_and_the_keep_period_
     # Past the domain's retention, merged files go too.
     run(store, Grain.HOUR, config, now=datetime(2026, 6, 9, 12, 0, tzinfo=UTC))
     assert store.list(f"{DOMAIN.name}/hour/") == []
+
+
+@pytest.mark.parametrize("backend", ["local", "minio", "gcs"])
+def test_query_views_count_every_row_once_while_minute_and_merged_files_coexist(
+    backend: str, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    from merger.query import build_views, mirror
+
+    store, _ = make_store(backend, tmp_path, request)
+    writer = MinuteWriter(store)
+    config = MergerConfig(calendar=Calendar.of("UTC"))
+    rows = writer.rows(datetime(2025, 6, 7, 10, 0, tzinfo=UTC), 1200, timedelta(seconds=6))  # 10:00-12:00
+    writer.write(rows)
+    writer.write(rows.filter(pl.col("timestamp").dt.minute() == 3), tag="r")  # replayed minutes
+    run(store, Grain.HOUR, config, now=LATER, period_name="20250607_10_11")  # 11:00 stays as minute files
+    run(store, Grain.DAY, config, now=LATER)  # the day is built from the hour file plus minute files
+    late = writer.rows(datetime(2025, 6, 7, 10, 30, 1, tzinfo=UTC), 10, timedelta(milliseconds=10))
+    writer.write(late)  # arrives after the day was merged: the day is outdated until re-merged
+    con = duckdb.connect()
+    for statement in build_views(store, config.calendar, mirror(store, tmp_path / "cache")):
+        if statement.startswith("CREATE"):
+            con.execute(statement)
+    total = con.execute("SELECT count(*), count(DISTINCT (kafka_partition, kafka_offset)) FROM robot_status")
+    assert total.fetchall()[0] == (rows.height + late.height,) * 2
