@@ -158,6 +158,9 @@ class Dimensions:
             if name not in TABLE_SCHEMAS:
                 raise ConfigError(f"unknown dimension table {name!r}")
             frame = rows if isinstance(rows, pl.DataFrame) else pl.DataFrame(rows, infer_schema_length=None)
+            # Optional columns may be left out here (not in files, where the header is the contract).
+            absent = [c for c in NULLABLE[name] if c not in frame.columns]
+            frame = frame.with_columns([pl.lit(None, pl.String).alias(c) for c in absent])
             out[name] = conform(name, frame, f"<{name}>")
         return cls(out)
 

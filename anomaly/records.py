@@ -108,15 +108,6 @@ def alarm_id(domain: str, entity: str, rule: str, topic: str, partition: int, of
     return str(uuid.uuid5(ALARM_NAMESPACE, f"{domain}|{entity}|{rule}|{topic}|{partition}|{offset}|{item_index}"))
 
 
-def alarm_id_expr(domain: str) -> pl.Expr:
-    """:func:`alarm_id` over the alarm columns of a frame."""
-    return pl.struct("entity_id", "rule", "source_topic", "source_partition", "source_offset", "source_item_index").map_elements(
-        lambda r: alarm_id(domain, r["entity_id"], r["rule"], r["source_topic"], r["source_partition"],
-                           r["source_offset"], r["source_item_index"]),
-        return_dtype=pl.String,
-    )  # fmt: skip
-
-
 @dataclass(frozen=True)
 class EngineConfig:
     """Tunables of the rules (defaults from SPEC §2.2)."""

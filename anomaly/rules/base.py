@@ -103,7 +103,8 @@ def best_match(
 
 def lookup(rows: pl.DataFrame, table: pl.DataFrame, on: list[str], take: dict[str, str]) -> pl.DataFrame:
     """Left-join the first ``table`` row per ``on`` key, taking columns renamed by ``take``."""
-    right = table.unique(on, keep="first", maintain_order=True).select(*on, *[pl.col(s).alias(d) for s, d in take.items()])
+    right = table.unique(on, keep="first", maintain_order=True)
+    right = right.select(*on, *[pl.col(s).alias(d) for s, d in take.items()])
     return rows.join(right, on=on, how="left", nulls_equal=False)
 
 

@@ -19,7 +19,8 @@ _LOW, _HIGH = pl.col("threshold_min"), pl.col("threshold_max")
 def enrich(rows: pl.DataFrame, dims: Dimensions, config: EngineConfig) -> pl.DataFrame:
     """Join dim_qc_threshold and flag defects."""
     rows = lookup(rows, dims["dim_qc_threshold"], ["item_id", "product_code", "inspection_type"],
-                  {"min_threshold": "threshold_min", "max_threshold": "threshold_max", "unit": "_expected_unit"})  # fmt: skip
+                  {"min_threshold": "threshold_min", "max_threshold": "threshold_max",
+                   "unit": "_expected_unit"})
     value = pl.col("value")
     matched = pl.col("_expected_unit").is_not_null()
     return rows.with_columns(
