@@ -21,19 +21,22 @@ from datetime import UTC, datetime
 import polars as pl
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
 
+from anomaly import AnomalyEngine, Dimensions, EngineConfig, EngineState, flag_schema
+from anomaly.records import alarm_dicts as _alarm_dicts
 from collector import metrics
 from collector.buffer import Bucket, MinuteBuffer
 from collector.dlq import DlqPublisher
 from collector.http import HealthState, serve
 from collector.offsets import OffsetTracker
 from collector.parquet import encode_rows, verify
-from common.errors import FatalError, TransientError
+from common.errors import CollectorError, FatalError, TransientError
 from common.layout import minute_key, position_suffix
 from domains import domain_for_topic
+from domains.base import Domain
 from domains.decode import BatchDecoder, MessageBatch
 from domains.registry import SchemaResolver
 from settings import CollectorSettings
-from storage.base import ObjectStore
+from storage.base import ObjectNotFound, ObjectStore
 
 log = logging.getLogger("collector")
 
@@ -117,6 +120,12 @@ class Collector:
             }
         )
         self.dlq = DlqPublisher(self.producer, self.tracker)
+        self.engine: AnomalyEngine | None = None
+        self._dims_fingerprint = ""
+        self._next_dims_check = self._next_sweep = self._next_state_save = 0.0
+        if settings.anomaly_enabled:
+            self._dims_fingerprint = Dimensions.fingerprint(store, settings.dims_prefix)
+            self.engine = AnomalyEngine(Dimensions.load(store, settings.dims_prefix), EngineState(), EngineConfig())
 
     # -- lifecycle ------------------------------------------------------------------------------
 
@@ -159,6 +168,8 @@ class Collector:
             self.flush(self.due_buckets(), reason="minute")
         if time.monotonic() - self._last_commit >= self.settings.commit_interval_seconds:
             self.checkpoint()
+        if self.engine is not None:
+            self.maintain_engine()
 
     def shutdown(self) -> None:
         """Flush every bucket and commit; retries storage until the shutdown deadline."""
@@ -199,8 +210,11 @@ class Collector:
             )
             decoded = decoder.decode(batch, now)
             domain = decoder.domain.name
-            self.buffer.add(domain, decoded.rows)
+            rows = decoded.rows
             self.dlq.publish(decoder.domain, batch_messages, decoded.rejected, now)
+            if self.engine is not None:
+                rows = self.evaluate(decoder.domain, rows, batch_messages, now)
+            self.buffer.add(domain, rows)
             last: dict[int, int] = {}
             for partition, offset in zip(batch.partitions, batch.offsets, strict=True):
                 last[partition] = offset
@@ -211,6 +225,87 @@ class Collector:
         metrics.BUFFERED_BYTES.set(self.buffer.nbytes)
         metrics.BUFFERED_ROWS.set(self.buffer.rows)
         metrics.PROCESS_SECONDS.observe(time.perf_counter() - started)
+
+    # -- anomaly engine ---------------------------------------------------------------------------
+
+    def evaluate(self, domain: Domain, rows: pl.DataFrame, messages: list[Message], now: datetime) -> pl.DataFrame:
+        """Run the anomaly engine on a decoded batch: DLQ records and alarms out now, flagged rows back."""
+        assert self.engine is not None
+        evaluation = self.engine.evaluate(domain.name, rows, now)
+        if evaluation.dlq.height:
+            by_offset = {(m.partition(), m.offset()): m for m in messages}
+            for record in evaluation.dlq.iter_rows(named=True):
+                message = by_offset[(record["kafka_partition"], record["kafka_offset"])]
+                self.dlq.publish_one(domain, message, record["reason"], record["detail"], now)
+                metrics.FLAGGED.labels(domain.name, record["reason"]).inc()
+        for alarm in evaluation.alarm_records():
+            tp = (str(alarm["source_topic"]), int(alarm["source_partition"]))
+            self.dlq.publish_alarm(alarm, tp, int(alarm["source_offset"]))
+        flagged = evaluation.rows.filter(pl.col("anomaly").fill_null(False))
+        if flagged.height:
+            for (rule,), part in flagged.group_by("anomaly_rule"):
+                metrics.ANOMALIES.labels(domain.name, str(rule)).inc(part.height)
+        return evaluation.rows
+
+    def maintain_engine(self) -> None:
+        """Periodic engine work: offline sweep, state checkpoints, dimension reloads."""
+        assert self.engine is not None
+        now_mono = time.monotonic()
+        if now_mono >= self._next_sweep:
+            self._next_sweep = now_mono + self.settings.sweep_interval_seconds
+            alarms, dlq = self.engine.state.sweep(self.clock(), self.engine.dims, self.engine.config)
+            for alarm in alarms.pipe(_alarm_dicts):
+                self.dlq.publish_alarm(alarm, None, None)
+            for record in dlq.iter_rows(named=True):
+                self.dlq.publish_offline(self.decoders_by_domain()[record["domain"]].domain, record)
+        if now_mono >= self._next_dims_check:
+            self._next_dims_check = now_mono + self.settings.dims_reload_seconds
+            self.reload_dims()
+
+    def reload_dims(self) -> None:
+        """Reload the dimension tables when their objects changed; keep the old ones if the new are bad."""
+        assert self.engine is not None
+        try:
+            fingerprint = Dimensions.fingerprint(self.store, self.settings.dims_prefix)
+            if fingerprint == self._dims_fingerprint:
+                return
+            self.engine.dims = Dimensions.load(self.store, self.settings.dims_prefix)
+            self._dims_fingerprint = fingerprint
+            metrics.DIM_RELOADS.labels("ok").inc()
+            log.info("dimension tables reloaded")
+        except (CollectorError, ValueError) as exc:
+            metrics.DIM_RELOADS.labels("failed").inc()
+            log.error("dimension reload failed; keeping the previous tables", extra={"error": str(exc)})
+
+    def state_key(self, tp: tuple[str, int]) -> str:
+        """Where a partition's engine state is checkpointed (beside the data, per consumer group)."""
+        return f"_state/{self.settings.kafka.kafka_group_id}/{tp[0]}/{tp[1]}.json"
+
+    def save_state(self, partitions: set[tuple[str, int]]) -> None:
+        """Checkpoint the engine state of ``partitions`` (after their offsets were committed)."""
+        if self.engine is None:
+            return
+        for tp in partitions:
+            try:
+                self.store.put(self.state_key(tp), self.engine.state.snapshot(only={tp}))
+            except TransientError as exc:
+                log.warning("engine state checkpoint failed", extra={"error": str(exc)})
+                return
+
+    def load_state(self, partitions: list[TopicPartition]) -> None:
+        """Restore the engine state of newly assigned partitions."""
+        if self.engine is None:
+            return
+        for p in partitions:
+            try:
+                restored = EngineState.restore(self.store.get(self.state_key((p.topic, p.partition))))
+            except ObjectNotFound:
+                continue
+            except (CollectorError, ValueError) as exc:
+                log.warning("engine state not restored", extra={"partition": f"{p.topic}[{p.partition}]",
+                                                                 "error": str(exc)})
+                continue
+            self.engine.state.adopt(restored)
 
     # -- flush ----------------------------------------------------------------------------------
 
@@ -259,7 +354,7 @@ class Collector:
             "positions": positions.to_dicts(),
         }
         domain = self.decoders_by_domain()[bucket.domain].domain
-        data = encode_rows(domain, rows, manifest)
+        data = encode_rows(domain, rows, manifest, self.output_schema(domain))
         verify(data, rows.height)
         key = minute_key(bucket.domain, bucket.minute, position_suffix(bucket.first_offsets))
         self.store.put(key, data)
@@ -276,6 +371,12 @@ class Collector:
         metrics.BUFFERED_ROWS.set(self.buffer.rows)
         log.info("stored", extra={"key": key, "rows": rows.height, "bytes": len(data)})
         return key
+
+    def output_schema(self, domain: Domain) -> dict[str, pl.DataType]:
+        """Columns of a stored row: the domain's fields and provenance, plus the engine's flags."""
+        if self.engine is None:
+            return dict(domain.flat_schema)
+        return {**domain.flat_schema, **flag_schema(domain.name)}
 
     def decoders_by_domain(self) -> dict[str, BatchDecoder]:
         """Decoders keyed by domain name."""
@@ -312,12 +413,16 @@ class Collector:
             return
         self.tracker.committed(offsets)
         metrics.COMMITS.inc()
+        if self.engine is not None and (final or time.monotonic() >= self._next_state_save):
+            self._next_state_save = time.monotonic() + self.settings.state_checkpoint_seconds
+            self.save_state(self.tracker.partitions())
 
     # -- rebalance ------------------------------------------------------------------------------
 
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         self.health.assigned = True
         log.info("partitions assigned", extra={"partitions": [f"{p.topic}[{p.partition}]" for p in partitions]})
+        self.load_state(partitions)
         if self.paused and partitions:
             consumer.pause(partitions)
         metrics.ASSIGNED_PARTITIONS.set(len(consumer.assignment()) + len(partitions))
@@ -334,6 +439,10 @@ class Collector:
         dropped = self.buffer.drop_partitions(revoked)
         if dropped:
             log.warning("rows of revoked partitions not stored; the new owner re-reads them", extra={"rows": dropped})
+        self.save_state(revoked)
+        if self.engine is not None:
+            for topic, partition in revoked:
+                self.engine.state.drop(topic, partition)
         self.tracker.forget(revoked)
         metrics.ASSIGNED_PARTITIONS.set(max(0, len(consumer.assignment()) - len(partitions)))
 
@@ -342,6 +451,9 @@ class Collector:
         lost = {(p.topic, p.partition) for p in partitions}
         dropped = self.buffer.drop_partitions(lost)
         self.tracker.forget(lost)
+        if self.engine is not None:
+            for topic, partition in lost:
+                self.engine.state.drop(topic, partition)
         log.warning("partitions lost; dropped their buffered rows", extra={"rows": dropped})
 
     def _pause(self) -> None:

@@ -1,7 +1,13 @@
-"""Rejected messages to the domain's DLQ topic: original key and bytes, reason and position in headers."""
+"""Side outputs: rejected/flagged messages to the domain's DLQ topic (original key and bytes, reason and
+position in headers) and alarms to ``iot.alarm_log`` (JSON keyed by entity).
+
+Every record tied to a source message holds back that message's offset until the broker
+acknowledges it; a failed delivery is produced again, so nothing is committed before it is out.
+"""
 
 from __future__ import annotations
 
+import json
 import logging
 from dataclasses import dataclass
 from datetime import datetime
@@ -10,6 +16,7 @@ from confluent_kafka import KafkaError, Message, Producer
 
 from collector import metrics
 from collector.offsets import OffsetTracker
+from domains import ALARM_TOPIC
 from domains.base import Domain
 from domains.decode import Rejected
 
@@ -50,11 +57,55 @@ class DlqPublisher:
         self._producer = producer
         self._tracker = tracker
         self._failed: list[tuple[DlqRecord, datetime]] = []
+        self._failed_alarms: list[tuple[dict[str, object], tuple[str, int] | None, int | None]] = []
 
     def publish(self, domain: Domain, messages: list[Message], rejected: list[Rejected], now: datetime) -> None:
         """Send every rejected message of a decoded batch to the domain's DLQ topic."""
         for r in rejected:
             self._send(DlqRecord(domain, messages[r.index], r.reason, r.detail), now)
+
+    def publish_one(self, domain: Domain, message: Message, reason: str, detail: str, now: datetime) -> None:
+        """Send one message (rejected or flagged by the anomaly engine) to the domain's DLQ topic."""
+        self._send(DlqRecord(domain, message, reason, detail), now)
+
+    def publish_alarm(self, alarm: dict[str, object], tp: tuple[str, int] | None, offset: int | None) -> None:
+        """Produce an alarm (JSON, keyed by entity) to ``iot.alarm_log``; held against its source offset."""
+        value = json.dumps(alarm, default=str, sort_keys=True).encode()
+        key = str(alarm.get("entity_id", "")).encode()
+        if tp is not None and offset is not None:
+            self._tracker.dlq_sent(tp, offset)
+
+        def on_delivery(err: KafkaError | None, _msg: Message) -> None:
+            if err is None:
+                if tp is not None and offset is not None:
+                    self._tracker.dlq_acknowledged(tp, offset)
+                metrics.ALARMS.labels(str(alarm.get("domain")), str(alarm.get("rule"))).inc()
+            else:
+                log.warning("alarm delivery failed, will retry", extra={"error": str(err)})
+                self._failed_alarms.append((alarm, tp, offset))  # still owed: its offset stays held
+
+        self._produce(ALARM_TOPIC.name, key, value, [("alarm.id", str(alarm.get("alarm_id")).encode())], on_delivery)
+
+    def publish_offline(self, domain: Domain, record: dict[str, object]) -> None:
+        """A sweep finding (no source message): JSON description on the domain's DLQ topic."""
+        value = json.dumps(record, default=str, sort_keys=True).encode()
+        headers = [("dlq.reason", str(record.get("reason")).encode()), ("dlq.domain", domain.name.encode()),
+                   ("dlq.detail", str(record.get("detail", "")).encode())]
+
+        def on_delivery(err: KafkaError | None, _msg: Message) -> None:
+            if err is None:
+                metrics.DLQ_RECORDS.labels(domain.name, str(record.get("reason"))).inc()
+
+        self._produce(domain.dlq_topic.name, str(record.get("entity_id", "")).encode(), value, headers, on_delivery)
+
+    def _produce(self, topic: str, key: bytes, value: bytes, headers: list[tuple[str, bytes]],
+                 on_delivery: object) -> None:
+        while True:
+            try:
+                self._producer.produce(topic, value=value, key=key, headers=headers, on_delivery=on_delivery)
+                return
+            except BufferError:  # local queue full: serve callbacks, then try again
+                self._producer.poll(0.1)
 
     def _send(self, record: DlqRecord, detected_at: datetime) -> None:
         tp = (record.source.topic() or "", record.source.partition() or 0)
@@ -89,6 +140,11 @@ class DlqPublisher:
             tp = (record.source.topic() or "", record.source.partition() or 0)
             self._tracker.dlq_acknowledged(tp, record.source.offset() or 0)  # the new send re-registers it
             self._send(record, detected_at)
+        alarms, self._failed_alarms = self._failed_alarms, []
+        for alarm, tp, offset in alarms:
+            if tp is not None and offset is not None:
+                self._tracker.dlq_acknowledged(tp, offset)
+            self.publish_alarm(alarm, tp, offset)
 
     def poll(self) -> None:
         """Serve delivery callbacks."""

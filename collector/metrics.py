@@ -32,3 +32,8 @@ NEWEST_STORED = Gauge(
 )
 ASSIGNED_PARTITIONS = Gauge("fms_assigned_partitions", "Partitions assigned to this member", registry=REGISTRY)
 COMMITS = Counter("fms_offset_commits", "Successful offset commits", registry=REGISTRY)
+ALARMS = Counter("fms_alarms", "Alarms published to iot.alarm_log", ["domain", "rule"], registry=REGISTRY)
+ANOMALIES = Counter("fms_anomaly_rows", "Stored rows flagged as anomalous", ["domain", "rule"], registry=REGISTRY)
+FLAGGED = Counter("fms_flagged_messages", "Messages flagged or rejected by the anomaly engine", ["domain", "reason"],
+                  registry=REGISTRY)
+DIM_RELOADS = Counter("fms_dimension_reloads", "Dimension table reloads", ["outcome"], registry=REGISTRY)

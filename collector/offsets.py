@@ -59,6 +59,10 @@ class OffsetTracker:
         """Record a successful commit."""
         self._committed.update(offsets)
 
+    def partitions(self) -> set[TopicPartition]:
+        """Partitions with consumed positions."""
+        return set(self._next)
+
     def forget(self, partitions: Iterable[TopicPartition]) -> None:
         """Drop the state of partitions that were revoked or lost."""
         for tp in partitions:

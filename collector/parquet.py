@@ -18,10 +18,14 @@ ROW_GROUP_ROWS = 128 * 1024
 
 
 def encode_rows(
-    domain: Domain, rows: pl.DataFrame, manifest: Mapping[str, object]
+    domain: Domain, rows: pl.DataFrame, manifest: Mapping[str, object], schema: Mapping[str, pl.DataType] | None = None
 ) -> bytes:
-    """Rows sorted by entity and time, as zstd Parquet with statistics and a manifest in metadata."""
-    table = rows.sort(list(domain.sort_key)).to_arrow().cast(domain.arrow_schema)
+    """Rows sorted by entity and time, as zstd Parquet with statistics and a manifest in metadata.
+
+    ``schema`` (default: the domain's row schema) fixes the columns and their types.
+    """
+    columns = dict(schema or domain.flat_schema)
+    table = rows.sort(list(domain.sort_key)).select([pl.col(c).cast(t) for c, t in columns.items()]).to_arrow()
     metadata = dict(table.schema.metadata or {})
     metadata[MANIFEST_KEY] = json.dumps({**manifest, "rows": table.num_rows}, default=str).encode()
     table = table.replace_schema_metadata(metadata)

@@ -91,6 +91,11 @@ def main(argv: list[str] | None = None) -> int:
     with TansuBroker() as broker:
         created = create_topics(broker.bootstrap)
         print(f"broker at {broker.bootstrap}; {len(created)} topics created", flush=True)
+        from anomaly import upload_samples
+        from storage.local import LocalStore
+
+        uploaded = upload_samples(LocalStore(data, "fms-data"))
+        print(f"{len(uploaded)} sample dimension tables in {data / 'fms-data' / '_dims'}", flush=True)
         http_port = free_port()
         env = {
             **os.environ,
@@ -132,7 +137,8 @@ def main(argv: list[str] | None = None) -> int:
                 f"  {time.monotonic() - started:5.0f}s  consumed {m.get('fms_messages_consumed_total', 0):>9,.0f}"
                 f"  rows stored {m.get('fms_rows_written_total', 0):>9,.0f}"
                 f"  files {m.get('fms_files_written_total', 0):>5,.0f}"
-                f"  DLQ {m.get('fms_dlq_records_total', 0):>5,.0f}",
+                f"  DLQ {m.get('fms_dlq_records_total', 0):>5,.0f}"
+                f"  alarms {m.get('fms_alarms_total', 0):>5,.0f}",
                 flush=True,
             )
         deadline = time.monotonic() + 30

@@ -101,6 +101,11 @@ class CollectorSettings(BaseModel):
     http_port: int = Field(default=8080, ge=0, le=65535)
     log_level: str = Field(default="INFO", pattern=r"^(DEBUG|INFO|WARNING|ERROR)$")
     log_format: str = Field(default="json", pattern=r"^(json|text)$")
+    anomaly_enabled: bool = True
+    dims_prefix: str = Field(default="_dims/", min_length=1)
+    dims_reload_seconds: float = Field(default=60.0, gt=0)
+    sweep_interval_seconds: float = Field(default=10.0, gt=0, le=60)
+    state_checkpoint_seconds: float = Field(default=30.0, gt=0)
 
 
 def _lower_env(env: Mapping[str, str], model: type[BaseModel]) -> dict[str, str]:

@@ -30,6 +30,7 @@ class CollectorProcess:
             "MAX_POLL_INTERVAL_MS": "20000",
             "FLUSH_GRACE_SECONDS": "1",
             "COMMIT_INTERVAL_SECONDS": "1",
+            "ANOMALY_ENABLED": "false",  # decode-level tests; the anomaly tests turn it on
             **env,
         }
         self.log_path = log_dir / f"{name}-{self.port}.log"
