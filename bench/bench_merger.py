@@ -106,8 +106,10 @@ def child(mode: str, sources: list[str], out: str) -> None:
 def measure(mode: str, sources: list[Path], out: Path) -> dict[str, float]:
     result = subprocess.run(
         [sys.executable, "-m", "bench.bench_merger", "--child", mode, "--out", str(out), *map(str, sources)],
-        capture_output=True, text=True, check=True,
+        capture_output=True, text=True,
     )
+    if result.returncode != 0:
+        return {"error": result.stderr.strip().splitlines()[-1] if result.stderr.strip() else f"exit {result.returncode}"}
     return json.loads(result.stdout.strip().splitlines()[-1])
 
 
@@ -135,6 +137,9 @@ def main() -> None:
             rows_in = sum(pq.read_metadata(s).num_rows for s in sources)
             for mode in ("merger", "naive"):
                 figures = measure(mode, sources, work / f"{mode}.parquet")
+                if "error" in figures:
+                    print(f"{name:<28}{mode:<10}{rows_in:>12,}  failed: {figures['error']}")
+                    continue
                 print(f"{name:<28}{mode:<10}{rows_in:>12,}{rows_in / figures['seconds']:>12,.0f}"
                       f"{figures['peak'] / 2**20:>8.0f}MiB{int(figures['rows']):>12,}")
     finally:
