@@ -82,15 +82,16 @@ def child(mode: str, sources: list[str], out: str) -> None:
     if mode == "merger":
         import duckdb
 
-        from merger.merge import merge_sql
+        from merger.merge import _merge_in_chunks
         from merger.periods import Calendar, Grain, period_of
 
+        budget_mb = 512
         period = period_of(HOUR, Grain.WEEK, Calendar())
         con = duckdb.connect(config={"threads": 2})
-        con.execute("SET memory_limit = '300MB'")
+        con.execute(f"SET memory_limit = '{int(budget_mb * 0.6)}MB'")  # as merger.merge.merge_period
         con.execute(f"SET temp_directory = '{out}.spill'")
         con.execute("SET preserve_insertion_order = false")
-        con.execute(f"COPY ({merge_sql(DOMAIN, sources, period)}) TO '{out}' (FORMAT parquet, COMPRESSION zstd)")
+        _merge_in_chunks(con, DOMAIN, period, sources, Path(out), budget_mb)
     else:
         import pyarrow as pa
 
@@ -109,7 +110,8 @@ def measure(mode: str, sources: list[Path], out: Path) -> dict[str, float]:
         capture_output=True, text=True,
     )
     if result.returncode != 0:
-        return {"error": result.stderr.strip().splitlines()[-1] if result.stderr.strip() else f"exit {result.returncode}"}
+        lines = result.stderr.strip().splitlines()
+        return {"error": lines[-1] if lines else f"exit {result.returncode}"}
     return json.loads(result.stdout.strip().splitlines()[-1])
 
 

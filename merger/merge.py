@@ -25,6 +25,7 @@ from storage.base import ObjectStore
 log = logging.getLogger("merger")
 
 ROW_GROUP_ROWS = 122_880
+CHUNK_ROWS_PER_MB = 4_000  # rows merged at once per MiB of budget: 512 MiB -> ~2 M rows per chunk
 
 
 @dataclass(frozen=True)
@@ -43,11 +44,20 @@ def _quote(name: str) -> str:
     return '"' + name.replace('"', '""') + '"'
 
 
-def merge_sql(domain: Domain, files: list[str], period: Period) -> str:
+def _period_filter(period: Period) -> str:
+    return (f""""timestamp" >= TIMESTAMPTZ '{period.start.isoformat()}'
+              AND "timestamp" < TIMESTAMPTZ '{period.end.isoformat()}'""")
+
+
+def _sources(files: list[str]) -> str:
+    return "[" + ", ".join("'" + f.replace("'", "''") + "'" for f in files) + "]"
+
+
+def merge_sql(domain: Domain, files: list[str], period: Period, where: str = "TRUE") -> str:
     """The merge query: rows of the period, once per de-dup key (first Kafka position wins), sorted."""
     keys = ", ".join(_quote(c) for c in domain.dedup_key)
     sort = ", ".join(_quote(c) for c in domain.sort_key)
-    sources = ", ".join("'" + f.replace("'", "''") + "'" for f in files)
+    sources = _sources(files)[1:-1]
     return f"""
         SELECT * EXCLUDE (_fms_rank) FROM (
             SELECT *, row_number() OVER (
@@ -55,12 +65,79 @@ def merge_sql(domain: Domain, files: list[str], period: Period) -> str:
                 ORDER BY kafka_topic, kafka_partition, kafka_offset, item_index
             ) AS _fms_rank
             FROM read_parquet([{sources}], union_by_name = true)
-            WHERE "timestamp" >= TIMESTAMPTZ '{period.start.isoformat()}'
-              AND "timestamp" < TIMESTAMPTZ '{period.end.isoformat()}'
+            WHERE {_period_filter(period)} AND ({where})
         )
         WHERE _fms_rank = 1
         ORDER BY {sort}
     """
+
+
+def entity_chunks(counts: list[tuple[str, int]], max_rows: int) -> list[tuple[str, str]]:
+    """Split sorted (entity, rows) pairs into inclusive entity ranges of at most ~``max_rows`` rows."""
+    chunks: list[tuple[str, str]] = []
+    lo: str | None = None
+    hi = ""
+    rows = 0
+    for entity, n in counts:
+        if lo is not None and rows + n > max_rows:
+            chunks.append((lo, hi))
+            lo, rows = None, 0
+        lo = entity if lo is None else lo
+        hi = entity
+        rows += n
+    if lo is not None:
+        chunks.append((lo, hi))
+    return chunks
+
+
+def _merge_in_chunks(
+    con: duckdb.DuckDBPyConnection,
+    domain: Domain,
+    period: Period,
+    files: list[str],
+    out: Path,
+    memory_limit_mb: int,
+    chunk_rows: int | None = None,
+) -> tuple[int, int]:
+    """Merge entity range by entity range so the de-dup window and the sort fit the memory limit;
+    the chunks are appended row group by row group into one file, still sorted by entity."""
+    entity = _quote(domain.entity_key)
+    keys = ", ".join(_quote(c) for c in domain.dedup_key)
+    counts = con.execute(
+        f"SELECT {entity}, count(*) FROM read_parquet({_sources(files)}, union_by_name = true) "
+        f"WHERE {_period_filter(period)} GROUP BY 1 ORDER BY 1"
+    ).fetchall()
+    source_rows = sum(n for _, n in counts)
+    chunks = entity_chunks(counts, max_rows=chunk_rows or max(100_000, memory_limit_mb * CHUNK_ROWS_PER_MB))
+    expected = 0
+    parts: list[Path] = []
+    for i, (lo, hi) in enumerate(chunks):
+        where = f"{entity} BETWEEN '{lo.replace(chr(39), chr(39) * 2)}' AND '{hi.replace(chr(39), chr(39) * 2)}'"
+        expected += con.execute(
+            f"SELECT count(DISTINCT ({keys})) FROM read_parquet({_sources(files)}, union_by_name = true) "
+            f"WHERE {_period_filter(period)} AND {where}"
+        ).fetchall()[0][0]
+        part = out if len(chunks) == 1 else out.with_name(f"part-{i:04d}.parquet")
+        con.execute(
+            f"COPY ({merge_sql(domain, files, period, where)}) TO '{part}' "
+            f"(FORMAT parquet, COMPRESSION zstd, ROW_GROUP_SIZE {ROW_GROUP_ROWS})"
+        )
+        parts.append(part)
+    if len(chunks) > 1:
+        writer: pq.ParquetWriter | None = None
+        for part in parts:
+            reader = pq.ParquetFile(str(part))
+            for group in range(reader.num_row_groups):
+                table = reader.read_row_group(group)
+                if writer is None:
+                    writer = pq.ParquetWriter(str(out), table.schema, compression="zstd")
+                writer.write_table(table, row_group_size=ROW_GROUP_ROWS)
+            part.unlink()
+        if writer is not None:
+            writer.close()
+    elif not chunks:
+        con.execute(f"COPY ({merge_sql(domain, files, period)}) TO '{out}' (FORMAT parquet, COMPRESSION zstd)")
+    return source_rows, int(expected)
 
 
 def merge_period(
@@ -71,6 +148,7 @@ def merge_period(
     leaves: dict[str, int],
     memory_limit_mb: int = 512,
     scratch: Path | None = None,
+    chunk_rows: int | None = None,
 ) -> MergeResult:
     """Merge ``sources`` into the period's file and publish it with its manifest."""
     started = time.monotonic()
@@ -88,16 +166,8 @@ def merge_period(
             con.execute(f"SET memory_limit = '{max(64, int(memory_limit_mb * 0.6))}MB'")
             con.execute(f"SET temp_directory = '{folder / 'spill'}'")
             con.execute("SET preserve_insertion_order = false")
-            keys = ", ".join(_quote(c) for c in domain.dedup_key)
-            files = ", ".join("'" + f + "'" for f in local)
-            source_rows, expected = con.execute(
-                f"""SELECT count(*), count(DISTINCT ({keys})) FROM read_parquet([{files}], union_by_name = true)
-                    WHERE "timestamp" >= TIMESTAMPTZ '{period.start.isoformat()}'
-                      AND "timestamp" < TIMESTAMPTZ '{period.end.isoformat()}'"""
-            ).fetchall()[0]
-            con.execute(
-                f"COPY ({merge_sql(domain, local, period)}) TO '{out}' "
-                f"(FORMAT parquet, COMPRESSION zstd, ROW_GROUP_SIZE {ROW_GROUP_ROWS})"
+            source_rows, expected = _merge_in_chunks(
+                con, domain, period, local, out, memory_limit_mb, chunk_rows
             )
         finally:
             con.close()

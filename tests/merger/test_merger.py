@@ -310,3 +310,23 @@ def test_query_views_count_every_row_once_while_minute_and_merged_files_coexist(
             con.execute(statement)
     total = con.execute("SELECT count(*), count(DISTINCT (kafka_partition, kafka_offset)) FROM robot_status")
     assert total.fetchall()[0] == (rows.height + late.height,) * 2
+
+
+def test_merging_in_entity_chunks_gives_the_same_sorted_file(tmp_path: Path, request: pytest.FixtureRequest) -> None:
+    from merger.merge import merge_period
+
+    store, _ = make_store("local", tmp_path, request)
+    writer = MinuteWriter(store)
+    rows = writer.rows(datetime(2025, 6, 7, 9, 0, tzinfo=UTC), 3000, timedelta(seconds=1))
+    keys = writer.write(rows)
+    writer.write(rows.head(200), tag="r")
+    period = period_of(datetime(2025, 6, 7, 9, tzinfo=UTC), Grain.HOUR, Calendar())
+    leaves = {k: 1 for k in keys}
+    every_file = [o.key for o in store.list(f"{DOMAIN.name}/minute/")]  # with the replayed minute
+    whole = merge_period(store, DOMAIN, period, every_file, leaves)
+    single = stored(store, "hour").drop("_key")
+    chunked = merge_period(store, DOMAIN, period, every_file, leaves, chunk_rows=400)
+    split = stored(store, "hour").drop("_key")
+    assert whole.rows == chunked.rows == rows.height == split.height
+    assert split.equals(split.sort(list(DOMAIN.sort_key)))
+    assert split.sort(list(DOMAIN.sort_key)).equals(single.sort(list(DOMAIN.sort_key)))
