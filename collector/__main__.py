@@ -13,8 +13,8 @@ from common.errors import ConfigError, FatalError
 from common.logs import setup_logging
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Entry point; returns the process exit code."""
+def main(argv: list[str] | None = None, role: str = "collector") -> int:
+    """Entry point; returns the process exit code. ``role="anomaly"`` runs the standalone engine."""
     args = sys.argv[1:] if argv is None else argv
     os.environ.setdefault("RUST_BACKTRACE", "0")  # polars panics on corrupt Avro are caught; keep logs short
     if args and args[0] == "create-topics":
@@ -26,16 +26,20 @@ def main(argv: list[str] | None = None) -> int:
     from storage.factory import open_store
 
     try:
-        settings = collector_settings(os.environ)
+        if role == "anomaly":
+            env = {**os.environ, "ANOMALY_ENABLED": "true", "WRITE_FILES": "false"}
+            settings = collector_settings(env, default_group="fms-anomaly-engine")
+        else:
+            settings = collector_settings(os.environ)
         setup_logging(settings.log_level, settings.log_format)
         store = open_store(settings.storage, create_bucket=settings.storage.backend == "local")
         store.check()
         collector = Collector(settings, store)
     except (ConfigError, FatalError) as exc:
-        print(f"collector: configuration error: {exc}", file=sys.stderr)
+        print(f"{role}: configuration error: {exc}", file=sys.stderr)
         return 2
     except Exception as exc:  # noqa: BLE001 - e.g. storage unreachable at start
-        print(f"collector: cannot start: {exc}", file=sys.stderr)
+        print(f"{role}: cannot start: {exc}", file=sys.stderr)
         return 1
     install_signal_handlers(collector)
     try:

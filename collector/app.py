@@ -214,7 +214,8 @@ class Collector:
             self.dlq.publish(decoder.domain, batch_messages, decoded.rejected, now)
             if self.engine is not None:
                 rows = self.evaluate(decoder.domain, rows, batch_messages, now)
-            self.buffer.add(domain, rows)
+            if self.settings.write_files:
+                self.buffer.add(domain, rows)
             last: dict[int, int] = {}
             for partition, offset in zip(batch.partitions, batch.offsets, strict=True):
                 last[partition] = offset

@@ -102,6 +102,7 @@ class CollectorSettings(BaseModel):
     log_level: str = Field(default="INFO", pattern=r"^(DEBUG|INFO|WARNING|ERROR)$")
     log_format: str = Field(default="json", pattern=r"^(json|text)$")
     anomaly_enabled: bool = True
+    write_files: bool = True  # False: the standalone anomaly worker (alarms + DLQ, no Parquet)
     dims_prefix: str = Field(default="_dims/", min_length=1)
     dims_reload_seconds: float = Field(default=60.0, gt=0)
     sweep_interval_seconds: float = Field(default=10.0, gt=0, le=60)
@@ -134,9 +135,9 @@ def kafka_settings(env: Mapping[str, str], default_group: str) -> KafkaSettings:
         raise _one_line(exc) from None
 
 
-def collector_settings(env: Mapping[str, str]) -> CollectorSettings:
+def collector_settings(env: Mapping[str, str], default_group: str = "fms-realtime-collector") -> CollectorSettings:
     """All settings of the realtime collector, validated; raises ConfigError on the first problem."""
-    kafka = kafka_settings(env, "fms-realtime-collector")
+    kafka = kafka_settings(env, default_group)
     storage = StorageConfig.from_env(env)
     values: dict[str, Any] = {"kafka": kafka, "storage": storage, **_lower_env(env, CollectorSettings)}
     values.pop("kafka_brokers", None)

@@ -148,3 +148,20 @@ def test_offline_sweep_raises_one_alarm_per_silence(kafka: TansuBroker, tmp_path
         assert collector.terminate() == 0
     finally:
         collector.kill()
+
+
+def test_standalone_anomaly_worker_publishes_alarms_and_writes_no_files(kafka: TansuBroker, tmp_path: Path) -> None:
+    from tests.support.kafka import produce_tracked
+
+    store, env = local_store(tmp_path)
+    produced = produce_tracked(kafka.bootstrap, [robot(off_peak(), "ROBOT_003", "error", "E102")])
+    worker = CollectorProcess({"KAFKA_BROKERS": kafka.bootstrap, **env}, tmp_path, module="anomaly").start()
+    try:
+        worker.wait_until(lambda: committed_offsets(kafka.bootstrap, "fms-anomaly-engine", end_offsets(produced))
+                          == end_offsets(produced), 90, "worker committed")
+        assert worker.terminate() == 0
+    finally:
+        worker.kill()
+    published = alarms(kafka, expect=1)
+    assert [(a["entity_id"], a["domain"]) for a in published] == [("ROBOT_003", "robot_status")]
+    assert [o.key for o in store.list("robot_status/")] == []

@@ -19,7 +19,9 @@ ROOT = Path(__file__).resolve().parents[2]
 class CollectorProcess:
     """``python -m collector`` with the given environment."""
 
-    def __init__(self, env: Mapping[str, str], log_dir: Path, name: str = "collector") -> None:
+    def __init__(
+        self, env: Mapping[str, str], log_dir: Path, name: str = "collector", module: str = "collector"
+    ) -> None:
         self.port = free_port()
         self.env = {
             **os.environ,
@@ -35,12 +37,13 @@ class CollectorProcess:
         }
         self.log_path = log_dir / f"{name}-{self.port}.log"
         self.proc: subprocess.Popen[bytes] | None = None
+        self.module = module
 
     def start(self) -> CollectorProcess:
         """Start the process (a new one each call)."""
         log = self.log_path.open("ab")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "collector"], env=self.env, stdout=log, stderr=log, cwd=ROOT
+            [sys.executable, "-m", self.module], env=self.env, stdout=log, stderr=log, cwd=ROOT
         )
         return self
 
