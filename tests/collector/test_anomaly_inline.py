@@ -65,6 +65,15 @@ def robot(at: datetime, robot_id: str, state: str = "moving", error_code: str | 
     })
 
 
+def device(at: datetime, device_id: str = "SENSOR_ENV_001") -> GeneratedMessage:
+    return message("device_status", {
+        "timestamp": iso(at), "device_id": device_id, "device_type": "env_sensor", "location": "zone_7",
+        "ip_address_hash": "0x7e239a00c0ffee11",
+        "status": {"ping_success": True, "latency_ms": 40, "last_success_at": iso(at - timedelta(seconds=1))},
+        "error_code": None, "schema_version": "v2.0", "ingestion_timestamp": iso(at + timedelta(seconds=1)),
+    })
+
+
 def alarms(kafka: TansuBroker, expect: int | None = None) -> list[dict[str, object]]:
     records = read_topic(kafka.bootstrap, ALARM_TOPIC.name, ALARM_TOPIC.partitions, expect=expect, idle_s=2)
     return [json.loads(r.value()) for r in records]
@@ -134,17 +143,22 @@ def test_offline_sweep_raises_one_alarm_per_silence(kafka: TansuBroker, tmp_path
 
     _, env = local_store(tmp_path)
     env = {"KAFKA_BROKERS": kafka.bootstrap, "SWEEP_INTERVAL_SECONDS": "1", **env}
-    silent_since = datetime.now(UTC) - timedelta(minutes=15)  # ROBOT_007: 30 s heartbeat x 20 = 10 min
-    produce_tracked(kafka.bootstrap, [robot(silent_since, "ROBOT_007")])
+    now = datetime.now(UTC)
+    # ROBOT_007: 30 s heartbeat x 20 = 10 min; SENSOR_ENV_001: 60 s x 2.5 = 150 s.
+    produce_tracked(kafka.bootstrap, [robot(now - timedelta(minutes=15), "ROBOT_007"),
+                                      device(now - timedelta(minutes=4))])
     collector = CollectorProcess(env, tmp_path).start()
     try:
-        offline = lambda: [a for a in alarms(kafka) if a["rule"] == "offline_timeout"]  # noqa: E731
-        collector.wait_until(lambda: len(offline()) >= 1, 60, "offline alarm")
+        def offline() -> list[tuple[str, str]]:
+            return sorted((str(a["domain"]), str(a["entity_id"])) for a in alarms(kafka)
+                          if a["rule"] == "offline_timeout")
+
+        collector.wait_until(lambda: len(offline()) >= 2, 60, "offline alarms")
         time.sleep(4)  # several more sweeps
-        assert len(offline()) == 1 and offline()[0]["entity_id"] == "ROBOT_007"
-        produce_tracked(kafka.bootstrap, [robot(datetime.now(UTC), "ROBOT_007")])  # reports again
+        assert offline() == [("device_status", "SENSOR_ENV_001"), ("robot_status", "ROBOT_007")]
+        produce_tracked(kafka.bootstrap, [robot(datetime.now(UTC), "ROBOT_007"), device(datetime.now(UTC))])
         time.sleep(5)
-        assert len(offline()) == 1  # back online: no new alarm until it falls silent again
+        assert len(offline()) == 2  # back online: no new alarm until they fall silent again
         assert collector.terminate() == 0
     finally:
         collector.kill()
