@@ -97,13 +97,14 @@ def _metrics(port: int) -> dict[str, float]:
     return totals
 
 
-def run_collector(bootstrap: str, n: int, rows: int, data_dir: Path) -> tuple[float, int]:
-    """Messages/s through the collector and its peak RSS in bytes."""
+def run_collector(bootstrap: str, n: int, data_dir: Path, engine: bool) -> tuple[float, int]:
+    """Messages/s through the collector (anomaly engine on or off) and its peak RSS in bytes."""
     port = free_port()
     env = {
         **os.environ, "PYTHONPATH": str(ROOT), "KAFKA_BROKERS": bootstrap, "STORAGE_BACKEND": "local",
         "LOCAL_STORAGE_DIR": str(data_dir), "HTTP_PORT": str(port), "SESSION_TIMEOUT_MS": "6000",
-        "FLUSH_GRACE_SECONDS": "0", "LOG_LEVEL": "WARNING", "KAFKA_GROUP_ID": "bench-collector",
+        "FLUSH_GRACE_SECONDS": "0", "LOG_LEVEL": "WARNING", "KAFKA_GROUP_ID": f"bench-collector-{engine}",
+        "ANOMALY_ENABLED": str(engine).lower(),
     }
     proc = subprocess.Popen([sys.executable, "-m", "collector"], env=env)
     started = None
@@ -113,7 +114,8 @@ def run_collector(bootstrap: str, n: int, rows: int, data_dir: Path) -> tuple[fl
             m = _metrics(port)
             if started is None and m.get("fms_messages_consumed_total", 0) > 0:
                 started = time.perf_counter()
-            if m.get("fms_rows_written_total", 0) >= rows and m.get("fms_messages_consumed_total", 0) >= n:
+            done = m.get("fms_messages_consumed_total", 0) >= n and m.get("fms_files_written_total", 0) > 0
+            if done and m.get("fms_buffered_rows", 1) == 0:
                 break
             time.sleep(0.05)
         elapsed = time.perf_counter() - (started or time.perf_counter())
@@ -147,7 +149,12 @@ def main() -> None:
         rows = _produce(bootstrap, args.messages, tuple(args.formats.split(",")))
         bare_assigned = bare_consume(bootstrap, args.messages, group=False)
         bare = bare_consume(bootstrap, args.messages, group=True)
-        through, peak = run_collector(bootstrap, args.messages, rows, data_dir)
+        from anomaly import upload_samples
+        from storage.local import LocalStore
+
+        upload_samples(LocalStore(data_dir, "fms-data"))
+        through, peak = run_collector(bootstrap, args.messages, data_dir, engine=False)
+        through_engine, peak_engine = run_collector(bootstrap, args.messages, data_dir, engine=True)
     finally:
         if broker:
             broker.stop()
@@ -156,8 +163,10 @@ def main() -> None:
     print(f"{'path':<34}{'msg/s':>10}{'vs bare':>10}")
     print(f"{'bare consumer, explicit assignment':<34}{bare_assigned:>10,.0f}{bare_assigned / bare:>10.0%}")
     print(f"{'bare consumer, group member':<34}{bare:>10,.0f}{'100%':>10}")
-    print(f"{'collector → Parquet (local)':<34}{through:>10,.0f}{through / bare:>10.0%}")
-    print(f"collector peak RSS: {peak / 2**20:.0f} MiB")
+    print(f"{'collector → Parquet, engine off':<34}{through:>10,.0f}{through / bare:>10.0%}")
+    print(f"{'collector → Parquet, engine on':<34}{through_engine:>10,.0f}{through_engine / bare:>10.0%}")
+    print(f"engine on / off: {through_engine / through:.0%}; peak RSS {peak / 2**20:.0f} MiB (off), "
+          f"{peak_engine / 2**20:.0f} MiB (on)")
 
 
 if __name__ == "__main__":
