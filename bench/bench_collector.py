@@ -22,12 +22,12 @@ import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from confluent_kafka import Consumer, Producer, TopicPartition
 
+from collector.http import scrape_totals
 from collector.topics import create_topics
 from domains import DOMAINS
 from embedded.servers import TansuBroker, free_port
@@ -82,21 +82,6 @@ def bare_consume(bootstrap: str, n: int, group: bool) -> float:
     return got / elapsed if elapsed > 0 else 0.0
 
 
-def _metrics(port: int) -> dict[str, float]:
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2) as response:
-            text = response.read().decode()
-    except OSError:
-        return {}
-    totals: dict[str, float] = {}
-    for line in text.splitlines():
-        if line and not line.startswith("#"):
-            name, _, value = line.rpartition(" ")
-            base = name.split("{", 1)[0]
-            totals[base] = totals.get(base, 0.0) + float(value)
-    return totals
-
-
 def run_collector(bootstrap: str, n: int, data_dir: Path, engine: bool) -> tuple[float, int]:
     """Messages/s through the collector (anomaly engine on or off) and its peak RSS in bytes."""
     port = free_port()
@@ -111,7 +96,7 @@ def run_collector(bootstrap: str, n: int, data_dir: Path, engine: bool) -> tuple
     try:
         deadline = time.monotonic() + 600
         while time.monotonic() < deadline:
-            m = _metrics(port)
+            m = scrape_totals(port)
             if started is None and m.get("fms_messages_consumed_total", 0) > 0:
                 started = time.perf_counter()
             done = m.get("fms_messages_consumed_total", 0) >= n and m.get("fms_files_written_total", 0) > 0

@@ -25,6 +25,7 @@ import fastavro
 import polars as pl
 
 from domains import DOMAINS
+from domains.avro import zigzag_varint
 from domains.base import Domain
 from domains.decode import BatchDecoder, MessageBatch
 from trafficgen import TrafficGenerator
@@ -40,22 +41,13 @@ def _plain_container(domain: Domain, values: list[bytes]) -> bytes:
     header = bytearray(b"Obj\x01")
     meta = {b"avro.schema": domain.schema_json.encode(), b"avro.codec": b"null"}
 
-    def varint(n: int) -> bytes:
-        n = (n << 1) ^ (n >> 63)
-        out = bytearray()
-        while n > 0x7F:
-            out.append((n & 0x7F) | 0x80)
-            n >>= 7
-        out.append(n)
-        return bytes(out)
-
-    header += varint(len(meta))
+    header += zigzag_varint(len(meta))
     for k, v in meta.items():
-        header += varint(len(k)) + k + varint(len(v)) + v
+        header += zigzag_varint(len(k)) + k + zigzag_varint(len(v)) + v
     sync = b"0123456789abcdef"
-    header += varint(0) + sync
+    header += zigzag_varint(0) + sync
     body = b"".join(values)
-    return bytes(header) + varint(len(values)) + varint(len(body)) + body + sync
+    return bytes(header) + zigzag_varint(len(values)) + zigzag_varint(len(body)) + body + sync
 
 
 def _flatten_dict(domain: Domain, record: dict[str, Any]) -> list[dict[str, Any]]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 import time
+import urllib.request
 from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
@@ -62,3 +63,22 @@ def serve(port: int, state: HealthState, registry: CollectorRegistry) -> Callabl
     thread = threading.Thread(target=server.serve_forever, name="http", daemon=True)
     thread.start()
     return server.shutdown
+
+
+def scrape_totals(port: int, host: str = "127.0.0.1", timeout: float = 2.0) -> dict[str, float]:
+    """A running collector's metrics, each summed over its label sets (``{}`` if unreachable).
+
+    Used by the demo, the benchmarks and the tests to follow a collector from outside.
+    """
+    try:
+        with urllib.request.urlopen(f"http://{host}:{port}/metrics", timeout=timeout) as response:
+            text = response.read().decode()
+    except OSError:
+        return {}
+    totals: dict[str, float] = {}
+    for line in text.splitlines():
+        if line and not line.startswith("#"):
+            name, _, value = line.rpartition(" ")
+            base = name.split("{", 1)[0]
+            totals[base] = totals.get(base, 0.0) + float(value)
+    return totals

@@ -63,7 +63,8 @@ def polars_schema(record_schema: dict[str, Any]) -> dict[str, pl.DataType]:
     return {f["name"]: polars_dtype(f["type"]) for f in record_schema["fields"]}
 
 
-def _zigzag_varint(n: int) -> bytes:
+def zigzag_varint(n: int) -> bytes:
+    """Avro's encoding of a long: zig-zag, then base-128 varint."""
     n = (n << 1) ^ (n >> 63)
     out = bytearray()
     while n > 0x7F:
@@ -79,7 +80,7 @@ _INDEX_PREFIXES: list[bytes] = []
 def index_prefixes(n: int) -> list[bytes]:
     """Avro-encoded longs 0..n-1, computed once and reused, used to number the records of a block."""
     if len(_INDEX_PREFIXES) < n:
-        _INDEX_PREFIXES.extend(_zigzag_varint(i) for i in range(len(_INDEX_PREFIXES), n))
+        _INDEX_PREFIXES.extend(zigzag_varint(i) for i in range(len(_INDEX_PREFIXES), n))
     return _INDEX_PREFIXES[:n]
 
 
@@ -95,10 +96,10 @@ def _container_header(schema_json: str, header_bytes: int) -> bytes:
     wrapper = json.dumps({**record, "fields": leading + record["fields"]})
     meta = {b"avro.schema": wrapper.encode(), b"avro.codec": b"null"}
     head = bytearray(b"Obj\x01")
-    head += _zigzag_varint(len(meta))
+    head += zigzag_varint(len(meta))
     for key, value in meta.items():
-        head += _zigzag_varint(len(key)) + key + _zigzag_varint(len(value)) + value
-    head += _zigzag_varint(0) + _SYNC_MARKER
+        head += zigzag_varint(len(key)) + key + zigzag_varint(len(value)) + value
+    head += zigzag_varint(0) + _SYNC_MARKER
     return bytes(head)
 
 
@@ -118,8 +119,8 @@ def decode_block(schema_json: str, values: list[bytes], header_bytes: int = 0) -
     # One join builds the whole container: header, block count and size, records, sync marker.
     parts: list[bytes] = [b""] * (2 * n + 4)
     parts[0] = _container_header(schema_json, header_bytes)
-    parts[1] = _zigzag_varint(n)
-    parts[2] = _zigzag_varint(body_size)
+    parts[1] = zigzag_varint(n)
+    parts[2] = zigzag_varint(body_size)
     parts[3:-1:2] = prefixes
     parts[4:-1:2] = values
     parts[-1] = _SYNC_MARKER

@@ -20,29 +20,14 @@ import subprocess
 import sys
 import threading
 import time
-import urllib.request
 from pathlib import Path
 
+from collector.http import scrape_totals
 from collector.topics import create_topics
 from embedded.servers import TansuBroker, free_port
 from trafficgen import FAULT_KINDS, TrafficGenerator, produce
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def _metrics(port: int) -> dict[str, float]:
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=1) as response:
-            text = response.read().decode()
-    except OSError:
-        return {}
-    totals: dict[str, float] = {}
-    for line in text.splitlines():
-        if line and not line.startswith("#"):
-            name, _, value = line.rpartition(" ")
-            base = name.split("{", 1)[0]
-            totals[base] = totals.get(base, 0.0) + float(value)
-    return totals
 
 
 def summarize(bucket_dir: Path) -> str:
@@ -67,16 +52,15 @@ def summarize(bucket_dir: Path) -> str:
     ).fetchall()
     lines = [f"{'domain':<24}{'files':>7}{'messages':>10}{'rows':>10}  first event .. last event (UTC)"]
     for domain, n_files, n_rows, n_messages, first, last in rows:
-        lines.append(
-            f"{domain:<24}{n_files:>7}{n_messages:>10}{n_rows:>10}  {first} .. {last}"
-        )
+        lines.append(f"{domain:<24}{n_files:>7}{n_messages:>10}{n_rows:>10}  {first} .. {last}")
     return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:
     """Run the demo; returns the exit code."""
-    parser = argparse.ArgumentParser(prog="python -m embedded.demo", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m embedded.demo", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--duration", type=float, default=60.0, help="seconds of traffic (default 60)")
     parser.add_argument("--rate", type=float, default=2000.0, help="messages per second (default 2000)")
     parser.add_argument("--data", type=Path, default=Path("data"), help="local storage root (default ./data)")
@@ -132,7 +116,7 @@ def main(argv: list[str] | None = None) -> int:
         started = time.monotonic()
         while producer.is_alive():
             producer.join(2.0)
-            m = _metrics(http_port)
+            m = scrape_totals(http_port)
             print(
                 f"  {time.monotonic() - started:5.0f}s  consumed {m.get('fms_messages_consumed_total', 0):>9,.0f}"
                 f"  rows stored {m.get('fms_rows_written_total', 0):>9,.0f}"
@@ -142,7 +126,9 @@ def main(argv: list[str] | None = None) -> int:
                 flush=True,
             )
         deadline = time.monotonic() + 30
-        while time.monotonic() < deadline and _metrics(http_port).get("fms_messages_consumed_total", 0) < sent["n"]:
+        while (
+            time.monotonic() < deadline and scrape_totals(http_port).get("fms_messages_consumed_total", 0) < sent["n"]
+        ):
             time.sleep(0.5)
         print("stopping the collector (SIGTERM: flush, commit, exit) ...", flush=True)
         collector.send_signal(signal.SIGTERM)

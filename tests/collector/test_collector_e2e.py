@@ -20,12 +20,11 @@ import polars as pl
 import pytest
 
 from domains import DOMAINS
-from embedded.servers import FakeGcsServer, MotoS3Server, TansuBroker, TcpProxy
+from embedded.servers import MotoS3Server, TansuBroker, TcpProxy
 from storage.base import ObjectStore
-from storage.factory import StorageConfig, open_store
-from tests.conftest import new_bucket
 from tests.support.collector_process import CollectorProcess
 from tests.support.kafka import Produced, committed_offsets, end_offsets, produce_tracked, read_topic
+from tests.support.storage import make_store
 from tests.support.stored import MINUTE_KEY, minute_keys, read_minutes
 from trafficgen import FAULT_KINDS, TrafficGenerator
 
@@ -41,39 +40,7 @@ class Storage:
 
 
 def storage_for(backend: str, tmp_path: Path, request: pytest.FixtureRequest, endpoint: str | None = None) -> Storage:
-    if backend == "local":
-        config = StorageConfig(backend="local", local_dir=str(tmp_path / "data"), bucket="fms-data")
-        env = {"STORAGE_BACKEND": "local", "LOCAL_STORAGE_DIR": config.local_dir}
-    elif backend == "minio":
-        moto: MotoS3Server = request.getfixturevalue("moto_server")
-        bucket = new_bucket()
-        config = StorageConfig(
-            backend="minio",
-            bucket=bucket,
-            minio_endpoint=moto.endpoint,
-            minio_access_key=moto.access_key,
-            minio_secret_key=moto.secret_key,
-        )
-        env = {
-            "STORAGE_BACKEND": "minio",
-            "MINIO_ENDPOINT": endpoint or moto.endpoint,
-            "MINIO_BUCKET": bucket,
-            "MINIO_ACCESS_KEY": moto.access_key,
-            "MINIO_SECRET_KEY": moto.secret_key,
-            "MINIO_SECURE": "false",
-        }
-    else:
-        gcs: FakeGcsServer = request.getfixturevalue("gcs_server")
-        bucket = new_bucket()
-        config = StorageConfig(backend="gcs", bucket=bucket, gcs_emulator_host=gcs.emulator_host)
-        env = {
-            "STORAGE_BACKEND": "gcs",
-            "GCS_BUCKET": bucket,
-            "GCS_PROJECT": "test",
-            "STORAGE_EMULATOR_HOST": gcs.emulator_host,
-        }
-    store = open_store(config, create_bucket=True)
-    store.check()
+    store, env = make_store(backend, tmp_path, request, endpoint)
     return Storage(env=env, store=store)
 
 

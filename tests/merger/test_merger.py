@@ -22,49 +22,16 @@ from collector.parquet import encode_rows
 from common.layout import minute_key, position_suffix
 from domains import DOMAINS
 from domains.decode import BatchDecoder, MessageBatch
-from embedded.servers import FakeGcsServer, MotoS3Server
 from merger.catalog import Manifest, manifest_key
 from merger.periods import Calendar, Grain, children, parse_name, period_of
 from merger.run import MergerConfig, run
 from storage.base import ObjectStore
-from storage.factory import StorageConfig, open_store
-from tests.conftest import new_bucket
+from tests.support.storage import make_store
 from trafficgen import TrafficGenerator
 
 ROOT = Path(__file__).resolve().parents[2]
 DOMAIN = DOMAINS["robot_status"]
 LATER = datetime(2025, 6, 20, tzinfo=UTC)  # every test period is complete, none past retention
-
-
-def make_store(backend: str, tmp_path: Path, request: pytest.FixtureRequest) -> tuple[ObjectStore, dict[str, str]]:
-    if backend == "local":
-        config = StorageConfig(backend="local", local_dir=str(tmp_path / "data"), bucket="fms-data")
-        env = {"STORAGE_BACKEND": "local", "LOCAL_STORAGE_DIR": config.local_dir}
-    elif backend == "minio":
-        moto: MotoS3Server = request.getfixturevalue("moto_server")
-        bucket = new_bucket()
-        config = StorageConfig(
-            backend="minio",
-            bucket=bucket,
-            minio_endpoint=moto.endpoint,
-            minio_access_key=moto.access_key,
-            minio_secret_key=moto.secret_key,
-        )
-        env = {
-            "STORAGE_BACKEND": "minio",
-            "MINIO_ENDPOINT": moto.endpoint,
-            "MINIO_BUCKET": bucket,
-            "MINIO_ACCESS_KEY": moto.access_key,
-            "MINIO_SECRET_KEY": moto.secret_key,
-        }
-    else:
-        gcs: FakeGcsServer = request.getfixturevalue("gcs_server")
-        bucket = new_bucket()
-        config = StorageConfig(backend="gcs", bucket=bucket, gcs_emulator_host=gcs.emulator_host)
-        env = {"STORAGE_BACKEND": "gcs", "GCS_BUCKET": bucket, "STORAGE_EMULATOR_HOST": gcs.emulator_host}
-    store = open_store(config, create_bucket=True)
-    store.check()
-    return store, env
 
 
 class MinuteWriter:

@@ -11,6 +11,7 @@ import urllib.request
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
+from collector.http import scrape_totals
 from embedded.servers import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -47,23 +48,9 @@ class CollectorProcess:
         )
         return self
 
-    def metrics(self) -> dict[str, float]:
-        """Current Prometheus samples, keyed by the sample line's name and labels."""
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/metrics", timeout=2) as response:
-                text = response.read().decode()
-        except OSError:
-            return {}
-        samples: dict[str, float] = {}
-        for line in text.splitlines():
-            if line and not line.startswith("#"):
-                name, _, value = line.rpartition(" ")
-                samples[name] = float(value)
-        return samples
-
     def total(self, metric: str) -> float:
         """Sum of a metric over all label sets."""
-        return sum(v for k, v in self.metrics().items() if k == metric or k.startswith(metric + "{"))
+        return scrape_totals(self.port).get(metric, 0.0)
 
     def probe(self, path: str) -> int:
         """HTTP status of a health endpoint (0 if unreachable)."""
