@@ -64,7 +64,7 @@ def merge_sql(domain: Domain, files: list[str], period: Period, where: str = "TR
                 PARTITION BY {keys}
                 ORDER BY kafka_topic, kafka_partition, kafka_offset, item_index
             ) AS _fms_rank
-            FROM read_parquet([{sources}], union_by_name = true)
+            FROM read_parquet([{sources}], union_by_name = true, hive_partitioning = false)
             WHERE {_period_filter(period)} AND ({where})
         )
         WHERE _fms_rank = 1
@@ -90,6 +90,10 @@ def entity_chunks(counts: list[tuple[str, int]], max_rows: int) -> list[tuple[st
     return chunks
 
 
+def _literal(text: str) -> str:
+    return "'" + text.replace("'", "''") + "'"
+
+
 def _merge_in_chunks(
     con: duckdb.DuckDBPyConnection,
     domain: Domain,
@@ -99,8 +103,12 @@ def _merge_in_chunks(
     memory_limit_mb: int,
     chunk_rows: int | None = None,
 ) -> tuple[int, int]:
-    """Merge entity range by entity range so the de-dup window and the sort fit the memory limit;
-    the chunks are appended row group by row group into one file, still sorted by entity."""
+    """Merge entity range by entity range so the de-dup window and the sort fit the memory limit.
+
+    One pass splits the period's rows into entity-range partitions on local disk; each partition
+    is then merged on its own and appended, row group by row group, to one file that stays sorted
+    by entity. Small periods are merged in one go.
+    """
     entity = _quote(domain.entity_key)
     keys = ", ".join(_quote(c) for c in domain.dedup_key)
     counts = con.execute(
@@ -109,34 +117,48 @@ def _merge_in_chunks(
     ).fetchall()
     source_rows = sum(n for _, n in counts)
     chunks = entity_chunks(counts, max_rows=chunk_rows or max(100_000, memory_limit_mb * CHUNK_ROWS_PER_MB))
-    expected = 0
-    parts: list[Path] = []
-    for i, (lo, hi) in enumerate(chunks):
-        where = f"{entity} BETWEEN '{lo.replace(chr(39), chr(39) * 2)}' AND '{hi.replace(chr(39), chr(39) * 2)}'"
-        expected += con.execute(
+    if len(chunks) <= 1:
+        expected = con.execute(
             f"SELECT count(DISTINCT ({keys})) FROM read_parquet({_sources(files)}, union_by_name = true) "
-            f"WHERE {_period_filter(period)} AND {where}"
+            f"WHERE {_period_filter(period)}"
         ).fetchall()[0][0]
-        part = out if len(chunks) == 1 else out.with_name(f"part-{i:04d}.parquet")
         con.execute(
-            f"COPY ({merge_sql(domain, files, period, where)}) TO '{part}' "
+            f"COPY ({merge_sql(domain, files, period)}) TO '{out}' "
             f"(FORMAT parquet, COMPRESSION zstd, ROW_GROUP_SIZE {ROW_GROUP_ROWS})"
         )
-        parts.append(part)
-    if len(chunks) > 1:
-        writer: pq.ParquetWriter | None = None
-        for part in parts:
-            reader = pq.ParquetFile(str(part))
-            for group in range(reader.num_row_groups):
-                table = reader.read_row_group(group)
-                if writer is None:
-                    writer = pq.ParquetWriter(str(out), table.schema, compression="zstd")
-                writer.write_table(table, row_group_size=ROW_GROUP_ROWS)
-            part.unlink()
-        if writer is not None:
-            writer.close()
-    elif not chunks:
-        con.execute(f"COPY ({merge_sql(domain, files, period)}) TO '{out}' (FORMAT parquet, COMPRESSION zstd)")
+        return source_rows, int(expected)
+
+    split = out.with_name("split")
+    chunk_of = "CASE " + " ".join(f"WHEN {entity} <= {_literal(hi)} THEN {i}" for i, (_, hi) in enumerate(chunks))
+    con.execute(
+        f"COPY (SELECT *, {chunk_of} END AS _fms_chunk FROM read_parquet({_sources(files)}, union_by_name = true) "
+        f"WHERE {_period_filter(period)}) TO '{split}' (FORMAT parquet, PARTITION_BY (_fms_chunk))"
+    )
+    expected = 0
+    writer: pq.ParquetWriter | None = None
+    for i in range(len(chunks)):
+        chunk_files = sorted(str(p) for p in (split / f"_fms_chunk={i}").glob("*.parquet"))
+        if not chunk_files:
+            continue
+        expected += con.execute(
+            f"SELECT count(DISTINCT ({keys})) FROM read_parquet({_sources(chunk_files)}, hive_partitioning = false)"
+        ).fetchall()[0][0]
+        part = out.with_name(f"part-{i:04d}.parquet")
+        con.execute(
+            f"COPY ({merge_sql(domain, chunk_files, period)}) TO '{part}' "
+            f"(FORMAT parquet, COMPRESSION zstd, ROW_GROUP_SIZE {ROW_GROUP_ROWS})"
+        )
+        reader = pq.ParquetFile(str(part))
+        for group in range(reader.num_row_groups):
+            table = reader.read_row_group(group)
+            if writer is None:
+                writer = pq.ParquetWriter(str(out), table.schema, compression="zstd")
+            writer.write_table(table, row_group_size=ROW_GROUP_ROWS)
+        part.unlink()
+        for path in chunk_files:
+            Path(path).unlink()
+    if writer is not None:
+        writer.close()
     return source_rows, int(expected)
 
 
