@@ -92,6 +92,13 @@ class Collector:
         self.stopping = threading.Event()
         self._last_commit = time.monotonic()
         self._newest: dict[str, float] = {}
+        # Dimension tables first: a malformed one must stop us before any Kafka client starts.
+        self.engine: AnomalyEngine | None = None
+        self._dims_fingerprint = ""
+        self._next_dims_check = self._next_sweep = self._next_state_save = 0.0
+        if settings.anomaly_enabled:
+            self._dims_fingerprint = Dimensions.fingerprint(store, settings.dims_prefix)
+            self.engine = AnomalyEngine(Dimensions.load(store, settings.dims_prefix), EngineState(), EngineConfig())
         self.consumer = Consumer(
             {
                 **kafka.client_config(),
@@ -120,12 +127,6 @@ class Collector:
             }
         )
         self.dlq = DlqPublisher(self.producer, self.tracker)
-        self.engine: AnomalyEngine | None = None
-        self._dims_fingerprint = ""
-        self._next_dims_check = self._next_sweep = self._next_state_save = 0.0
-        if settings.anomaly_enabled:
-            self._dims_fingerprint = Dimensions.fingerprint(store, settings.dims_prefix)
-            self.engine = AnomalyEngine(Dimensions.load(store, settings.dims_prefix), EngineState(), EngineConfig())
 
     # -- lifecycle ------------------------------------------------------------------------------
 

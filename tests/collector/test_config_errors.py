@@ -57,3 +57,15 @@ def test_bad_configuration_exits_with_one_line_naming_the_variable(
     assert len(lines) == 1, result.stderr
     assert names in lines[0]
     assert SECRET not in result.stderr + result.stdout
+
+
+def test_malformed_dimension_file_stops_the_collector_with_one_line(tmp_path: Path) -> None:
+    dims = tmp_path / "fms-data" / "_dims"
+    dims.mkdir(parents=True)
+    (dims / "dim_device_threshold.csv").write_text("device_type,max_latency,timeout_multiplier\ngateway,fast,2.5\n")
+    result = run_collector({"KAFKA_BROKERS": "127.0.0.1:9"}, tmp_path)
+    assert result.returncode != 0
+    # Warnings about the other (absent) tables are JSON log records; the error is one plain line.
+    lines = [line for line in result.stderr.splitlines() if line.strip() and not line.startswith("{")]
+    assert len(lines) == 1, result.stderr
+    assert "dim_device_threshold.csv" in lines[0] and "max_latency" in lines[0]
