@@ -82,13 +82,13 @@ def child(mode: str, sources: list[str], out: str) -> None:
     if mode == "merger":
         import duckdb
 
-        from merger.merge import _merge_in_chunks
+        from merger.merge import DUCKDB_SHARE, _merge_in_chunks
         from merger.periods import Calendar, Grain, period_of
 
         budget_mb = 512
         period = period_of(HOUR, Grain.WEEK, Calendar())
         con = duckdb.connect(config={"threads": 2})
-        con.execute(f"SET memory_limit = '{int(budget_mb * 0.6)}MB'")  # as merger.merge.merge_period
+        con.execute(f"SET memory_limit = '{int(budget_mb * DUCKDB_SHARE)}MB'")  # as merger.merge.merge_period
         con.execute(f"SET temp_directory = '{out}.spill'")
         con.execute("SET preserve_insertion_order = false")
         _merge_in_chunks(con, DOMAIN, period, sources, Path(out), budget_mb)
@@ -111,7 +111,7 @@ def measure(mode: str, sources: list[Path], out: Path) -> dict[str, float]:
     )
     if result.returncode != 0:
         lines = result.stderr.strip().splitlines()
-        return {"error": lines[-1] if lines else f"exit {result.returncode}"}
+        return {"error": " | ".join(lines[-12:]) if lines else f"exit {result.returncode}"}
     return json.loads(result.stdout.strip().splitlines()[-1])
 
 

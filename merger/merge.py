@@ -25,7 +25,8 @@ from storage.base import ObjectStore
 log = logging.getLogger("merger")
 
 ROW_GROUP_ROWS = 122_880
-CHUNK_ROWS_PER_MB = 4_000  # rows merged at once per MiB of budget: 512 MiB -> ~2 M rows per chunk
+DUCKDB_SHARE = 0.4  # of the budget; the rest is Python, pyarrow (row-group copies) and the SDKs
+CHUNK_ROWS_PER_MB = 2_500  # rows merged at once per MiB of budget: 512 MiB -> ~1.3 M rows per chunk
 
 
 @dataclass(frozen=True)
@@ -129,6 +130,8 @@ def _merge_in_chunks(
         return source_rows, int(expected)
 
     split = out.with_name("split")
+    # Partitioned writes buffer rows per partition and thread: flush small pieces to stay in budget.
+    con.execute("SET partitioned_write_flush_threshold = 32768")
     chunk_of = "CASE " + " ".join(f"WHEN {entity} <= {_literal(hi)} THEN {i}" for i, (_, hi) in enumerate(chunks))
     con.execute(
         f"COPY (SELECT *, {chunk_of} END AS _fms_chunk FROM read_parquet({_sources(files)}, union_by_name = true) "
@@ -185,7 +188,7 @@ def merge_period(
         con = duckdb.connect(config={"threads": 2})
         try:
             # DuckDB gets most of the budget; the rest is Python, pyarrow and the SDK.
-            con.execute(f"SET memory_limit = '{max(64, int(memory_limit_mb * 0.6))}MB'")
+            con.execute(f"SET memory_limit = '{max(64, int(memory_limit_mb * DUCKDB_SHARE))}MB'")
             con.execute(f"SET temp_directory = '{folder / 'spill'}'")
             con.execute("SET preserve_insertion_order = false")
             source_rows, expected = _merge_in_chunks(
