@@ -106,7 +106,7 @@ class Collector:
                 "client.id": f"fms-collector-{self.writer_id}",
                 "enable.auto.commit": False,
                 "enable.auto.offset.store": False,
-                "auto.offset.reset": "earliest",
+                "auto.offset.reset": settings.kafka_auto_offset_reset,
                 "partition.assignment.strategy": "cooperative-sticky",
                 "session.timeout.ms": settings.session_timeout_ms,
                 "max.poll.interval.ms": settings.max_poll_interval_ms,
@@ -127,6 +127,10 @@ class Collector:
             }
         )
         self.dlq = DlqPublisher(self.producer, self.tracker)
+        # Knobs the backfill turns off: minute-due flushing (it flushes by size), alarms, sweeps.
+        self.flush_when_due = True
+        self.publish_alarms = True
+        self.sweep_enabled = True
 
     # -- lifecycle ------------------------------------------------------------------------------
 
@@ -165,7 +169,7 @@ class Collector:
         self.dlq.poll()
         if self.buffer.nbytes > self.settings.max_buffer_bytes:
             self.flush(self.buffer.all(), reason="memory")
-        else:
+        elif self.flush_when_due:
             self.flush(self.due_buckets(), reason="minute")
         if time.monotonic() - self._last_commit >= self.settings.commit_interval_seconds:
             self.checkpoint()
@@ -240,7 +244,7 @@ class Collector:
                 message = by_offset[(record["kafka_partition"], record["kafka_offset"])]
                 self.dlq.publish_one(domain, message, record["reason"], record["detail"], now)
                 metrics.FLAGGED.labels(domain.name, record["reason"]).inc()
-        for alarm in evaluation.alarm_records():
+        for alarm in evaluation.alarm_records() if self.publish_alarms else []:
             tp = (str(alarm["source_topic"]), int(alarm["source_partition"]))
             self.dlq.publish_alarm(alarm, tp, int(alarm["source_offset"]))
         flagged = evaluation.rows.filter(pl.col("anomaly").fill_null(False))
@@ -253,7 +257,7 @@ class Collector:
         """Periodic engine work: offline sweep, state checkpoints, dimension reloads."""
         assert self.engine is not None
         now_mono = time.monotonic()
-        if now_mono >= self._next_sweep:
+        if self.sweep_enabled and now_mono >= self._next_sweep:
             self._next_sweep = now_mono + self.settings.sweep_interval_seconds
             alarms, dlq = self.engine.state.sweep(self.clock(), self.engine.dims, self.engine.config)
             for alarm in alarms.pipe(_alarm_dicts):
@@ -425,9 +429,44 @@ class Collector:
         self.health.assigned = True
         log.info("partitions assigned", extra={"partitions": [f"{p.topic}[{p.partition}]" for p in partitions]})
         self.load_state(partitions)
+        self.record_start_boundary(consumer, partitions)
         if self.paused and partitions:
             consumer.pause(partitions)
         metrics.ASSIGNED_PARTITIONS.set(len(consumer.assignment()) + len(partitions))
+
+    def record_start_boundary(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        """Where the group first starts reading a partition, for the backfill's end (SPEC §4).
+
+        Only for partitions the group never committed: with ``latest`` that is the high watermark,
+        committed right away so every later member starts there too; the offset is also kept in
+        storage (``_backfill/boundary/<group>/<topic>/<partition>``) so a backfill loads exactly the
+        offsets before it, never one the collector stores itself.
+        """
+        if not partitions:
+            return
+        try:
+            committed = consumer.committed(partitions, timeout=10)
+        except KafkaException as exc:
+            log.warning("could not read committed offsets", extra={"error": str(exc)})
+            return
+        fresh = [tp for tp in committed if tp.offset < 0]
+        if not fresh:
+            return
+        starts: list[TopicPartition] = []
+        for tp in fresh:
+            low, high = consumer.get_watermark_offsets(TopicPartition(tp.topic, tp.partition), timeout=10)
+            start = high if self.settings.kafka_auto_offset_reset == "latest" else low
+            starts.append(TopicPartition(tp.topic, tp.partition, start))
+            key = f"_backfill/boundary/{self.settings.kafka.kafka_group_id}/{tp.topic}/{tp.partition}"
+            try:
+                if not self.store.exists(key):
+                    self.store.put(key, str(start).encode())
+            except CollectorError as exc:
+                log.warning("could not record the start boundary", extra={"error": str(exc)})
+        if self.settings.kafka_auto_offset_reset == "latest":
+            consumer.commit(offsets=starts, asynchronous=False)
+            for tp in starts:
+                self.tracker.committed({(tp.topic, tp.partition): tp.offset})
 
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         """Before letting partitions go: store what is buffered and commit it."""

@@ -48,10 +48,10 @@ class RunReport:
 
 
 class Lease:
-    """A best-effort lock object in storage (``_locks/merger-<grain>.json``)."""
+    """A best-effort lock object in storage (``_locks/<name>.json``, e.g. ``merger-hour``)."""
 
-    def __init__(self, store: ObjectStore, grain: Grain, seconds: float) -> None:
-        self.store, self.key, self.seconds = store, f"_locks/merger-{grain.folder}.json", seconds
+    def __init__(self, store: ObjectStore, name: str, seconds: float) -> None:
+        self.store, self.key, self.seconds = store, f"_locks/{name}.json", seconds
         self.owner = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
 
     def _read(self) -> dict[str, object] | None:
@@ -96,7 +96,7 @@ def run(
         raise ValueError("minute files are written by the collector")
     now = now or datetime.now(UTC)
     report = RunReport()
-    lease = Lease(store, grain, config.lease_seconds)
+    lease = Lease(store, f"merger-{grain.folder}", config.lease_seconds)
     if not lease.acquire():
         log.warning("another merger holds the lease; nothing to do", extra={"grain": grain.folder})
         report.skipped = True

@@ -103,6 +103,7 @@ class CollectorSettings(BaseModel):
     log_format: str = Field(default="json", pattern=r"^(json|text)$")
     anomaly_enabled: bool = True
     write_files: bool = True  # False: the standalone anomaly worker (alarms + DLQ, no Parquet)
+    kafka_auto_offset_reset: str = Field(default="earliest", pattern=r"^(earliest|latest)$")
     dims_prefix: str = Field(default="_dims/", min_length=1)
     dims_reload_seconds: float = Field(default=60.0, gt=0)
     sweep_interval_seconds: float = Field(default=10.0, gt=0, le=60)
