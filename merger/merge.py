@@ -25,7 +25,7 @@ from storage.base import ObjectStore
 log = logging.getLogger("merger")
 
 ROW_GROUP_ROWS = 122_880
-DUCKDB_SHARE = 0.4  # of the budget; the rest is Python, pyarrow (row-group copies) and the SDKs
+DUCKDB_SHARE = 0.35  # of the budget; the rest is Python, pyarrow (row-group copies) and the SDKs
 CHUNK_ROWS_PER_MB = 2_500  # rows merged at once per MiB of budget: 512 MiB -> ~1.3 M rows per chunk
 
 
