@@ -84,24 +84,30 @@ class AnomalyEngine:
             pl.col("timestamp").dt.epoch("us").alias("ts"),
             *POSITION_KEY,
         )
-        out: list[bool] = []
-        touched = set()
-        for key, ts, topic, partition, offset, item in zip(
-            frame["k"], frame["ts"], frame["kafka_topic"], frame["kafka_partition"], frame["kafka_offset"],
-            frame["item_index"], strict=True,
-        ):  # fmt: skip
-            state = self.state.partition(topic, partition)
-            touched.add((topic, partition))
-            seen = state.seen.get(key)
-            if seen is None:
-                state.seen[key] = [offset, item, ts]
-                out.append(False)
+        out = [False] * rows.height
+        frame = frame.with_row_index("_i")
+        for (topic, partition), part in frame.partition_by("kafka_topic", "kafka_partition", as_dict=True).items():
+            state = self.state.partition(str(topic), int(partition))  # type: ignore[call-overload]
+            keys = part["k"].to_list()
+            stamps = part["ts"].to_list()
+            if not (state.seen.keys() & set(keys)) and len(set(keys)) == len(keys):
+                # Common case: every key is new (no set lookups per row beyond the one above).
+                positions = zip(part["kafka_offset"].to_list(), part["item_index"].to_list(), stamps, strict=True)
+                for key, position in zip(keys, positions, strict=True):
+                    state.remember(key, list(position))
             else:
-                out.append((seen[0], seen[1]) != (offset, item))
-            if ts is not None and ts > state.max_event_us:
-                state.max_event_us = ts
-        for topic, partition in touched:
-            self.state.partition(topic, partition).expire(window)
+                columns = zip(part["_i"].to_list(), keys, part["kafka_offset"].to_list(),
+                              part["item_index"].to_list(), stamps, strict=True)
+                for i, key, offset, item, ts in columns:
+                    seen = state.seen.get(key)
+                    if seen is None:
+                        state.remember(key, [offset, item, ts])
+                    else:
+                        out[i] = (seen[0], seen[1]) != (offset, item)
+            newest = max((t for t in stamps if t is not None), default=None)
+            if newest is not None and newest > state.max_event_us:
+                state.max_event_us = newest
+            state.expire(window)
         return out
 
     # -- DLQ routing ----------------------------------------------------------------------------

@@ -13,6 +13,7 @@ records of robots and devices (for the offline sweep), previous robot status and
 from __future__ import annotations
 
 import json
+from collections import deque
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -58,10 +59,29 @@ class PartitionState:
     drain_pct: float = 0.0  # battery drained while not charging, summed over robots
     drain_hours: float = 0.0
 
+    # Keys in arrival order (event time, key): expiry pops from the front instead of scanning
+    # every key each batch. Not serialized; rebuilt from ``seen`` after a restore.
+    order: deque[tuple[int, str]] | None = field(default=None, repr=False, compare=False)
+
+    def remember(self, key: str, position: list[int]) -> None:
+        """Record a de-dup key first seen at ``position`` = [offset, item_index, event_us]."""
+        self.seen[key] = position
+        if self.order is None:
+            self.order = deque(sorted((v[2], k) for k, v in self.seen.items()))
+        else:
+            self.order.append((position[2], key))
+
     def expire(self, window: timedelta) -> None:
         """Forget de-dup keys older than the watermark (newest event time − ``window``)."""
         limit = self.max_event_us - window // timedelta(microseconds=1)
-        self.seen = {k: v for k, v in self.seen.items() if v[2] >= limit}
+        if self.order is None:
+            self.order = deque(sorted((v[2], k) for k, v in self.seen.items()))
+        order, seen = self.order, self.seen
+        while order and order[0][0] < limit:
+            _, key = order.popleft()
+            entry = seen.get(key)
+            if entry is not None and entry[2] < limit:
+                del seen[key]
 
     def to_json(self) -> dict[str, Any]:
         """Plain JSON form."""
@@ -80,7 +100,7 @@ class PartitionState:
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> PartitionState:
         """Inverse of :meth:`to_json`."""
-        return cls(**data)
+        return cls(**{k: v for k, v in data.items() if k != "order"})
 
 
 class EngineState:
