@@ -61,7 +61,8 @@ def main() -> None:
                 time.sleep(0.2)
 
             def read_alarms() -> None:
-                consumer = Consumer({"bootstrap.servers": broker.bootstrap, "group.id": "bench-alarms"})
+                consumer = Consumer({"bootstrap.servers": broker.bootstrap, "group.id": "bench-alarms",
+                                     "fetch.wait.max.ms": 50})  # the reader must not add latency itself
                 consumer.assign([TopicPartition(ALARM_TOPIC.name, p, 0) for p in range(ALARM_TOPIC.partitions)])
                 while not stop.is_set():
                     for record in consumer.consume(1000, 0.2):

@@ -110,6 +110,7 @@ class Collector:
                 "partition.assignment.strategy": "cooperative-sticky",
                 "session.timeout.ms": settings.session_timeout_ms,
                 "max.poll.interval.ms": settings.max_poll_interval_ms,
+                "fetch.wait.max.ms": 100,  # alarms within the SLA: do not let the broker hold a fetch 500 ms
                 "statistics.interval.ms": 5000,
                 "stats_cb": self._on_stats,
                 "error_cb": self._on_kafka_error,
