@@ -27,8 +27,11 @@ lint: $(STAMP)
 	$(PY) -m ruff check .
 
 bench: $(STAMP)
-	$(PY) -m bench.bench_decode
+	$(PY) -m bench.bench_decode --batch 20000
 	$(PY) -m bench.bench_collector
+	$(PY) -m bench.bench_alarms --rate 3000
+	$(PY) -m bench.bench_merger
+	$(PY) -m bench.bench_backfill
 
 clean:
 	rm -rf $(VENV) data .pytest_cache
