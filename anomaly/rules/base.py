@@ -116,3 +116,17 @@ def outside(value: pl.Expr, low: pl.Expr, high: pl.Expr) -> pl.Expr:
 def fmt_num(expr: pl.Expr) -> pl.Expr:
     """A number as text for details ("null" when missing)."""
     return expr.round(6).cast(pl.String).fill_null("none")
+
+
+def band_flags(expected_unit: str) -> dict[str, pl.Expr]:
+    """Flags of a min/max threshold rule on ``value``: no threshold row, unit differing from the
+    threshold's, outside the band, and which bound it crossed."""
+    value, low, high = pl.col("value"), pl.col("threshold_min"), pl.col("threshold_max")
+    matched = pl.col(expected_unit).is_not_null()
+    return {
+        "_missing": ~matched,
+        "_unit_mismatch": matched & (pl.col("unit") != pl.col(expected_unit)),
+        "anomaly": outside(value, low, high),
+        "anomaly_rule": pl.when((value > high).fill_null(False)).then(pl.lit("max_threshold"))
+        .when((value < low).fill_null(False)).then(pl.lit("min_threshold")),
+    }

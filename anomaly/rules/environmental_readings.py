@@ -11,7 +11,7 @@ import polars as pl
 
 from anomaly.dims import Dimensions
 from anomaly.records import THRESHOLD_MISSING, EngineConfig
-from anomaly.rules.base import RUN, AlarmSpec, Consecutive, Reason, RuleSet, best_match, outside
+from anomaly.rules.base import RUN, AlarmSpec, Consecutive, Reason, RuleSet, band_flags, best_match
 from domains.base import UNIT_MISMATCH
 
 _LOW, _HIGH = pl.col("threshold_min"), pl.col("threshold_max")
@@ -22,15 +22,7 @@ def enrich(rows: pl.DataFrame, dims: Dimensions, config: EngineConfig) -> pl.Dat
     rows = best_match(rows, dims["dim_env_threshold"], exact=["sensor_type"], wildcards=["location"], at="timestamp",
                       take=["min_threshold", "max_threshold", "expected_unit"])  # fmt: skip
     rows = rows.rename({"_t_min_threshold": "threshold_min", "_t_max_threshold": "threshold_max"})
-    value = pl.col("value")
-    matched = pl.col("_t_expected_unit").is_not_null()
-    return rows.with_columns(
-        _missing=~matched,
-        _unit_mismatch=matched & (pl.col("unit") != pl.col("_t_expected_unit")),
-        anomaly=outside(value, _LOW, _HIGH),
-        anomaly_rule=pl.when((value > _HIGH).fill_null(False)).then(pl.lit("max_threshold"))
-        .when((value < _LOW).fill_null(False)).then(pl.lit("min_threshold")),
-    )
+    return rows.with_columns(**band_flags("_t_expected_unit"))
 
 
 def reasons(config: EngineConfig) -> list[Reason]:

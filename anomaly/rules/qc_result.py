@@ -10,7 +10,7 @@ import polars as pl
 
 from anomaly.dims import Dimensions
 from anomaly.records import THRESHOLD_MISSING, EngineConfig
-from anomaly.rules.base import AlarmSpec, Reason, RuleSet, lookup, outside
+from anomaly.rules.base import AlarmSpec, Reason, RuleSet, band_flags, lookup
 from domains.base import UNIT_MISMATCH
 
 _LOW, _HIGH = pl.col("threshold_min"), pl.col("threshold_max")
@@ -21,15 +21,7 @@ def enrich(rows: pl.DataFrame, dims: Dimensions, config: EngineConfig) -> pl.Dat
     rows = lookup(rows, dims["dim_qc_threshold"], ["item_id", "product_code", "inspection_type"],
                   {"min_threshold": "threshold_min", "max_threshold": "threshold_max",
                    "unit": "_expected_unit"})
-    value = pl.col("value")
-    matched = pl.col("_expected_unit").is_not_null()
-    return rows.with_columns(
-        _missing=~matched,
-        _unit_mismatch=matched & (pl.col("unit") != pl.col("_expected_unit")),
-        anomaly=outside(value, _LOW, _HIGH),
-        anomaly_rule=pl.when((value > _HIGH).fill_null(False)).then(pl.lit("max_threshold"))
-        .when((value < _LOW).fill_null(False)).then(pl.lit("min_threshold")),
-    )
+    return rows.with_columns(**band_flags("_expected_unit"))
 
 
 def reasons(config: EngineConfig) -> list[Reason]:
