@@ -137,7 +137,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"\ncollector exited with code {code}; produced {sent['n']:,} messages\n")
     print(summarize(bucket_dir))
     print(f"\nfiles: {bucket_dir}/<domain>/minute/YYYYMMDD_HHMM_<suffix>.parquet")
-    print(f"try:   duckdb -c \"SELECT * FROM '{bucket_dir}/robot_status/minute/*.parquet' LIMIT 5\"")
+    print(f"query: LOCAL_STORAGE_DIR={data} .venv/bin/python -m merger.query "
+          f"--sql \"SELECT robot_id, count(*) FILTER (WHERE anomaly) AS anomalies FROM robot_status GROUP BY 1\"")
     return 0 if code == 0 else 1
 
 
