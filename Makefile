@@ -6,6 +6,7 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+PACKAGES := common domains settings storage collector anomaly merger backfill trafficgen embedded
 
 .PHONY: demo test lint bench install clean
 
@@ -20,11 +21,13 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(PY) -m embedded.demo $(ARGS)
 
-test: $(STAMP)
+# Lint and type-check first (fast), then the suite.
+test: lint
 	$(PY) -m pytest $(ARGS)
 
 lint: $(STAMP)
 	$(PY) -m ruff check .
+	$(PY) -m mypy $(PACKAGES)
 
 bench: $(STAMP)
 	$(PY) -m bench.bench_decode --batch 20000

@@ -158,7 +158,7 @@ def build_samples() -> dict[str, pl.DataFrame]:
             t["dim_env_sensor"].append({"sensor_id": f"ENV_{code}_{index + 1:02d}", "sensor_type": sensor_type,
                                         "unit": tg.SENSOR_UNITS[sensor_type][0], "accuracy": 0.5,
                                         "install_date": install, "location": zone})
-    for sensor_type, (low, high) in _ENV_LIMITS.items():
+    for sensor_type, (low, high) in _ENV_LIMITS.items():  # type: ignore[assignment]
         unit = tg.SENSOR_UNITS[sensor_type][0]
         if sensor_type == "pressure":  # pressure only where installed, and deliberately not in one zone
             for index, zone in enumerate(tg.ENV_ZONES):

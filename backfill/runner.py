@@ -289,9 +289,9 @@ def _total(counter: metrics.Counter) -> float:
 
 
 def _by_label(counter: metrics.Counter, label: str) -> dict[str, float]:
-    out: Counter[str] = Counter()
+    out: dict[str, float] = {}
     for m in counter.collect():
         for s in m.samples:
             if s.name.endswith("_total"):
-                out[s.labels[label]] += s.value
-    return dict(out)
+                out[s.labels[label]] = out.get(s.labels[label], 0.0) + s.value
+    return out

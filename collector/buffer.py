@@ -24,7 +24,7 @@ class Bucket:
     minute: datetime
     frames: list[pl.DataFrame] = field(default_factory=list)
     first_offsets: dict[TopicPartition, int] = field(default_factory=dict)
-    nbytes: int = 0
+    nbytes: float = 0
     rows: int = 0
 
     def add(self, rows: pl.DataFrame) -> None:
@@ -52,7 +52,7 @@ class MinuteBuffer:
         return len(self._buckets)
 
     @property
-    def nbytes(self) -> int:
+    def nbytes(self) -> float:
         """Estimated memory held by buffered rows."""
         return sum(b.nbytes for b in self._buckets.values())
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -32,7 +33,7 @@ class DlqRecord:
     reason: str
     detail: str
 
-    def headers(self, detected_at: datetime) -> list[tuple[str, bytes]]:
+    def headers(self, detected_at: datetime) -> list[tuple[str, str | bytes | None]]:
         """Kafka headers describing why and where from."""
         return [
             ("dlq.reason", self.reason.encode()),
@@ -98,11 +99,11 @@ class DlqPublisher:
 
         self._produce(domain.dlq_topic.name, str(record.get("entity_id", "")).encode(), value, headers, on_delivery)
 
-    def _produce(self, topic: str, key: bytes, value: bytes, headers: list[tuple[str, bytes]],
-                 on_delivery: object) -> None:
+    def _produce(self, topic: str, key: bytes, value: bytes, headers: Sequence[tuple[str, str | bytes | None]],
+                 on_delivery: Callable[[KafkaError | None, Message], None]) -> None:
         while True:
             try:
-                self._producer.produce(topic, value=value, key=key, headers=headers, on_delivery=on_delivery)
+                self._producer.produce(topic, value=value, key=key, headers=list(headers), on_delivery=on_delivery)
                 return
             except BufferError:  # local queue full: serve callbacks, then try again
                 self._producer.poll(0.1)
@@ -141,9 +142,9 @@ class DlqPublisher:
             self._tracker.dlq_acknowledged(tp, record.source.offset() or 0)  # the new send re-registers it
             self._send(record, detected_at)
         alarms, self._failed_alarms = self._failed_alarms, []
-        for alarm, tp, offset in alarms:
-            if tp is not None and offset is not None:
-                self._tracker.dlq_acknowledged(tp, offset)
+        for alarm, source, offset in alarms:
+            if source is not None and offset is not None:
+                self._tracker.dlq_acknowledged(source, offset)
             self.publish_alarm(alarm, tp, offset)
 
     def poll(self) -> None:

@@ -140,10 +140,10 @@ class Domain:
         for name, dtype in self.nested_schema.items():
             if name == self.explode:
                 assert isinstance(dtype, pl.List) and isinstance(dtype.inner, pl.Struct)
-                out.update({sub.name: sub.dtype for sub in dtype.inner.fields})
+                out.update({sub.name: sub.dtype for sub in dtype.inner.fields})  # type: ignore[misc]
             elif name in self.flatten:
                 assert isinstance(dtype, pl.Struct)
-                out.update({f"{name}_{sub.name}": sub.dtype for sub in dtype.fields})
+                out.update({f"{name}_{sub.name}": sub.dtype for sub in dtype.fields})  # type: ignore[misc]
             else:
                 out[name] = dtype
         for ts in self.timestamp_fields:

@@ -143,9 +143,9 @@ class BatchDecoder:
     def _decode_group(
         self, fmt: WireFormat, batch: MessageBatch, indices: list[int] | None, rejected: list[Rejected]
     ) -> list[pl.DataFrame]:
-        values: list[bytes] = (
-            list(batch.values) if indices is None else [batch.values[i] for i in indices]  # type: ignore[misc]
-        )
+        # Empty values were set aside by the grouping, so every value here is bytes.
+        chosen = batch.values if indices is None else [batch.values[i] for i in indices]
+        values: list[bytes] = list(chosen)  # type: ignore[arg-type]
         rows: list[int] | range = range(len(batch)) if indices is None else indices
         if fmt is WireFormat.JSON:
             return [self._decode_json(values, rows, rejected)]
@@ -157,7 +157,9 @@ class BatchDecoder:
             return [self._decode_avro_each(values, rows, self.domain.parsed_schema, 0, rejected)]
         return self._decode_confluent(values, rows, rejected)
 
-    def _decode_confluent(self, values: list[bytes], rows: list[int], rejected: list[Rejected]) -> list[pl.DataFrame]:
+    def _decode_confluent(
+        self, values: list[bytes], rows: Sequence[int], rejected: list[Rejected]
+    ) -> list[pl.DataFrame]:
         by_id: dict[bytes, list[int]] = {}
         for pos, value in enumerate(values):
             by_id.setdefault(value[1:_CONFLUENT_HEADER], []).append(pos)
@@ -188,7 +190,7 @@ class BatchDecoder:
         return frames
 
     def _decode_avro_each(
-        self, values: list[bytes], rows: list[int], writer: Any, skip: int, rejected: list[Rejected]
+        self, values: list[bytes], rows: Sequence[int], writer: Any, skip: int, rejected: list[Rejected]
     ) -> pl.DataFrame:
         """Per-record fallback: decode each value on its own to isolate the corrupt ones."""
         records: list[dict[str, Any]] = []
@@ -202,7 +204,7 @@ class BatchDecoder:
                 rejected.append(Rejected(row, SCHEMA_ERROR, f"Avro decode failed: {_describe(exc)}"))
         return self._frame_from_records(records, good_rows)
 
-    def _decode_json(self, values: list[bytes], rows: list[int], rejected: list[Rejected]) -> pl.DataFrame:
+    def _decode_json(self, values: list[bytes], rows: Sequence[int], rejected: list[Rejected]) -> pl.DataFrame:
         blob = b"\n".join(values)
         if blob.count(b"\n") == len(values) - 1:  # no value spans lines: one value per NDJSON line
             try:
@@ -230,7 +232,7 @@ class BatchDecoder:
             good_rows.append(row)
         return self._frame_from_records(records, good_rows)
 
-    def _frame_from_records(self, records: list[dict[str, Any]], rows: list[int]) -> pl.DataFrame:
+    def _frame_from_records(self, records: list[dict[str, Any]], rows: Sequence[int]) -> pl.DataFrame:
         schema = self.domain.nested_schema
         trimmed = [{k: r.get(k) for k in schema} for r in records]
         frame = pl.from_dicts(trimmed, schema=schema, strict=False) if trimmed else pl.DataFrame(schema=schema)
@@ -255,7 +257,7 @@ def _uniform_format(values: Sequence[bytes | None]) -> WireFormat | None:
     return None
 
 
-def _row_column(rows: list[int] | range) -> pl.Series:
+def _row_column(rows: Sequence[int]) -> pl.Series:
     if isinstance(rows, range) and rows.step == 1:
         return pl.int_range(rows.start, rows.stop, dtype=pl.Int64, eager=True).alias(_ROW)
     return pl.Series(_ROW, rows, dtype=pl.Int64)

@@ -140,7 +140,9 @@ def apply_retention(store: ObjectStore, catalog: DomainCatalog, config: MergerCo
         hour_name = minute.start.strftime("%Y%m%d_%H") + f"_{minute.start.hour + 1:02d}"
         hour = catalog.merged[Grain.HOUR].get(hour_name)
         manifest = catalog.manifest(hour) if hour else None
-        if manifest is not None and manifest.leaves.get(key) == size and store.exists(file_key(catalog.domain, hour)):
+        if hour is not None and manifest is not None and manifest.leaves.get(key) == size and store.exists(
+            file_key(catalog.domain, hour)
+        ):
             store.delete(key)
             deleted.append(key)
     for periods in catalog.merged.values():
