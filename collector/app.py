@@ -31,7 +31,7 @@ from collector.offsets import OffsetTracker
 from collector.parquet import encode_rows, verify
 from common.errors import CollectorError, FatalError, TransientError
 from common.layout import minute_key, position_suffix
-from domains import domain_for_topic
+from domains import DOMAINS, domain_for_topic
 from domains.base import Domain
 from domains.decode import BatchDecoder, MessageBatch
 from domains.registry import SchemaResolver
@@ -264,7 +264,7 @@ class Collector:
             for alarm in alarms.pipe(_alarm_dicts):
                 self.dlq.publish_alarm(alarm, None, None)
             for record in dlq.iter_rows(named=True):
-                self.dlq.publish_offline(self.decoders_by_domain()[record["domain"]].domain, record)
+                self.dlq.publish_offline(DOMAINS[record["domain"]], record)
         if now_mono >= self._next_dims_check:
             self._next_dims_check = now_mono + self.settings.dims_reload_seconds
             self.reload_dims()
@@ -360,7 +360,7 @@ class Collector:
             "writer": self.writer_id,
             "positions": positions.to_dicts(),
         }
-        domain = self.decoders_by_domain()[bucket.domain].domain
+        domain = DOMAINS[bucket.domain]
         data = encode_rows(domain, rows, manifest, self.output_schema(domain))
         verify(data, rows.height)
         key = minute_key(bucket.domain, bucket.minute, position_suffix(bucket.first_offsets))
@@ -384,10 +384,6 @@ class Collector:
         if self.engine is None:
             return dict(domain.flat_schema)
         return {**domain.flat_schema, **flag_schema(domain.name)}
-
-    def decoders_by_domain(self) -> dict[str, BatchDecoder]:
-        """Decoders keyed by domain name."""
-        return {d.domain.name: d for d in self.decoders.values()}
 
     # -- commit ---------------------------------------------------------------------------------
 

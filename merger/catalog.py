@@ -53,6 +53,7 @@ class DomainCatalog:
 
     domain: str
     calendar: Calendar
+    store: ObjectStore
     minutes: dict[str, tuple[Period, int]] = field(default_factory=dict)  # key -> (minute period, size)
     merged: dict[Grain, dict[str, Period]] = field(default_factory=dict)  # grain -> name -> period
     _manifests: dict[str, Manifest | None] = field(default_factory=dict)
@@ -60,8 +61,7 @@ class DomainCatalog:
     @classmethod
     def load(cls, store: ObjectStore, domain: str, calendar: Calendar) -> DomainCatalog:
         """List the domain's files once."""
-        catalog = cls(domain=domain, calendar=calendar, merged={g: {} for g in (Grain.HOUR, Grain.DAY, Grain.WEEK)})
-        catalog._store = store  # type: ignore[attr-defined]
+        catalog = cls(domain, calendar, store, merged={g: {} for g in (Grain.HOUR, Grain.DAY, Grain.WEEK)})
         for info in store.list(f"{domain}/"):
             parts = info.key.split("/")
             if len(parts) != 3 or not parts[2].endswith(".parquet"):
@@ -85,7 +85,7 @@ class DomainCatalog:
             found: Manifest | None = None
             if period.name in self.merged.get(period.grain, {}):
                 try:
-                    found = Manifest.from_json(self._store.get(key))  # type: ignore[attr-defined]
+                    found = Manifest.from_json(self.store.get(key))
                 except ObjectNotFound:
                     found = None  # crashed between file and manifest: treat as missing
             self._manifests[key] = found

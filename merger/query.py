@@ -161,7 +161,8 @@ def main(argv: list[str] | None = None) -> int:
         locate = url_locator(config) if config.backend == "local" else mirror(store, args.cache)
         con = duckdb.connect()
         for statement in build_views(store, calendar, locate):
-            con.execute(statement) if statement.startswith("CREATE") else None
+            if statement.startswith("CREATE"):
+                con.execute(statement)
         con.sql(args.sql).show(max_width=200)
     if not args.sql and not args.emit_sql:
         parser.print_help()
