@@ -9,11 +9,14 @@ Retrying is the caller's decision (see :mod:`storage.retry`).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Protocol, runtime_checkable
+from typing import Protocol, TypeVar, runtime_checkable
 
 from common.errors import CollectorError, FatalError
+
+T = TypeVar("T")
 
 # Names the local backend gives its in-flight files; such names are never valid keys.
 TEMP_PREFIX = ".tmp-"
@@ -101,6 +104,28 @@ def validate_prefix(prefix: str) -> str:
         # The last segment may be partial (``minute/2025``) or empty (``minute/``).
         _check_segments(prefix, prefix.split("/")[:-1])
     return prefix
+
+
+class VendorEdge:
+    """The one place a backend's SDK errors become project errors (S3 and GCS share it).
+
+    Subclasses say how with :meth:`_classify`; :meth:`_call` wraps an SDK call and
+    :meth:`_translate` turns a caught exception into a one-line project error.
+    """
+
+    def _classify(self, exc: BaseException, action: str) -> CollectorError:
+        raise NotImplementedError
+
+    def _call(self, action: str, fn: Callable[[], T]) -> T:
+        try:
+            return fn()
+        except Exception as exc:
+            raise self._translate(exc, action) from exc
+
+    def _translate(self, exc: BaseException, action: str) -> CollectorError:
+        """The project error for ``exc``, with a one-line message."""
+        error = self._classify(exc, action)
+        return error if error is exc else type(error)(one_line(str(error)))
 
 
 def one_line(text: str) -> str:

@@ -9,9 +9,8 @@ only becomes visible when its upload is complete. With an emulator address (fake
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
 from datetime import UTC, datetime
-from typing import Any, TypeVar
+from typing import Any
 
 import requests
 from google.api_core import exceptions as api_exceptions
@@ -21,15 +20,13 @@ from google.cloud import storage
 from google.cloud.storage.exceptions import DataCorruption, InvalidResponse
 
 from common.errors import CollectorError, FatalError, TransientError
-from storage.base import ObjectInfo, ObjectNotFound, one_line, validate_key, validate_prefix
-
-T = TypeVar("T")
+from storage.base import ObjectInfo, ObjectNotFound, VendorEdge, validate_key, validate_prefix
 
 _SCOPES = ("https://www.googleapis.com/auth/devstorage.read_write",)
 _EMULATOR_PROJECT = "fms-local"  # the emulator ignores projects, but bucket creation needs one
 
 
-class GcsStore:
+class GcsStore(VendorEdge):
     """A GCS bucket (or a bucket in a GCS emulator)."""
 
     def __init__(
@@ -190,17 +187,6 @@ class GcsStore:
             return  # created concurrently
         except Exception as exc:
             raise self._translate(exc, "create bucket") from exc
-
-    def _call(self, action: str, fn: Callable[[], T]) -> T:
-        try:
-            return fn()
-        except Exception as exc:
-            raise self._translate(exc, action) from exc
-
-    def _translate(self, exc: BaseException, action: str) -> CollectorError:
-        """The project error for ``exc``, with a one-line message."""
-        error = self._classify(exc, action)
-        return error if error is exc else type(error)(one_line(str(error)))
 
     def _classify(self, exc: BaseException, action: str) -> CollectorError:
         """Map one client / transport exception onto the project's error kinds."""

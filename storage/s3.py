@@ -10,9 +10,7 @@ from __future__ import annotations
 
 import io
 import os
-from collections.abc import Callable
 from datetime import UTC, datetime
-from typing import TypeVar
 
 import certifi
 import urllib3
@@ -21,9 +19,7 @@ from minio.error import InvalidResponseError, S3Error, ServerError
 from minio.helpers import check_bucket_name
 
 from common.errors import CollectorError, FatalError, TransientError
-from storage.base import ObjectInfo, ObjectNotFound, one_line, validate_key, validate_prefix
-
-T = TypeVar("T")
+from storage.base import ObjectInfo, ObjectNotFound, VendorEdge, validate_key, validate_prefix
 
 # Codes that retrying cannot fix: credentials, permissions, a missing bucket, a wrong clock.
 _FATAL_CODES = frozenset(
@@ -54,7 +50,7 @@ _TRANSIENT_CODES = frozenset(
 _MISSING_OBJECT_CODES = frozenset({"NoSuchKey", "NoSuchObject", "ResourceNotFound"})
 
 
-class S3Store:
+class S3Store(VendorEdge):
     """A bucket on an S3-compatible server (MinIO in production, moto in tests)."""
 
     def __init__(
@@ -215,17 +211,6 @@ class S3Store:
             raise self._translate(exc, "create bucket") from exc
         except Exception as exc:
             raise self._translate(exc, "create bucket") from exc
-
-    def _call(self, action: str, fn: Callable[[], T]) -> T:
-        try:
-            return fn()
-        except Exception as exc:
-            raise self._translate(exc, action) from exc
-
-    def _translate(self, exc: BaseException, action: str) -> CollectorError:
-        """The project error for ``exc``, with a one-line message."""
-        error = self._classify(exc, action)
-        return error if error is exc else type(error)(one_line(str(error)))
 
     def _classify(self, exc: BaseException, action: str) -> CollectorError:
         """Map one SDK / transport exception onto the project's error kinds."""
