@@ -5,7 +5,6 @@ from __future__ import annotations
 import io
 import json
 from collections.abc import Mapping
-from datetime import datetime
 
 import polars as pl
 import pyarrow as pa
@@ -45,24 +44,3 @@ def verify(data: bytes, expected_rows: int) -> None:
     meta = pq.read_metadata(pa.BufferReader(data))
     if meta.num_rows != expected_rows:
         raise ValueError(f"encoded file holds {meta.num_rows} rows, expected {expected_rows}")
-
-
-def read_manifest(data: bytes) -> dict[str, object]:
-    """The manifest stored in a file's key-value metadata."""
-    meta = pq.read_metadata(pa.BufferReader(data)).metadata or {}
-    raw = meta.get(MANIFEST_KEY)
-    return json.loads(raw) if raw else {}
-
-
-def manifest_for(domain: str, minute: datetime, first_offsets: Mapping[tuple[str, int], int],
-                 last_offsets: Mapping[tuple[str, int], int], writer: str) -> dict[str, object]:
-    """The provenance summary written into each minute file."""
-    return {
-        "domain": domain,
-        "minute": minute.isoformat(),
-        "writer": writer,
-        "positions": [
-            {"topic": t, "partition": p, "first_offset": o, "last_offset": last_offsets.get((t, p), o)}
-            for (t, p), o in sorted(first_offsets.items())
-        ],
-    }

@@ -24,11 +24,6 @@ MINUTE_DIR = "minute"
 _MINUTE_NAME = re.compile(r"^(?P<stamp>\d{8}_\d{4})(?:_(?P<suffix>[A-Za-z0-9-]+))?\.parquet$")
 
 
-def minute_start(ts: datetime) -> datetime:
-    """The UTC minute a timestamp falls in."""
-    return ts.astimezone(UTC).replace(second=0, microsecond=0)
-
-
 def minute_end(start: datetime) -> datetime:
     """The exclusive end of a minute period."""
     return start + timedelta(minutes=1)
