@@ -108,6 +108,7 @@ class CollectorSettings(BaseModel):
     dims_reload_seconds: float = Field(default=60.0, gt=0)
     sweep_interval_seconds: float = Field(default=10.0, gt=0, le=60)
     state_checkpoint_seconds: float = Field(default=30.0, gt=0)
+    watermark_interval_seconds: float = Field(default=15.0, gt=0, le=3600)  # completeness progress objects
 
 
 def _lower_env(env: Mapping[str, str], model: type[BaseModel]) -> dict[str, str]:
