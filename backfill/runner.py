@@ -135,6 +135,7 @@ class Backfill(Collector):
         self.flush_when_due = False  # history: write by size and at the end, not minute by minute
         self.publish_alarms = alarms
         self.sweep_enabled = False
+        self.report_progress = False  # completeness follows the realtime group's progress only
         self.realtime_group = realtime_group
         self.rate = rate
         self.since_ms, self.until_ms = since_ms, until_ms

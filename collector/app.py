@@ -24,16 +24,18 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Produ
 from anomaly import AnomalyEngine, Dimensions, EngineConfig, EngineState, flag_schema
 from anomaly.records import alarm_dicts as _alarm_dicts
 from collector import metrics
-from collector.buffer import Bucket, MinuteBuffer
+from collector.buffer import DLQ, Bucket, MinuteBuffer
 from collector.dlq import DlqPublisher
 from collector.http import HealthState, serve
-from collector.offsets import OffsetTracker
+from collector.offsets import EventTimeTracker, OffsetTracker
 from collector.parquet import encode_rows, verify
 from common.errors import CollectorError, FatalError, TransientError
 from common.layout import minute_key, position_suffix
+from common.progress import PartitionProgress, progress_key
 from domains import DOMAINS, domain_for_topic
-from domains.base import Domain
-from domains.decode import BatchDecoder, MessageBatch
+from domains.base import POSITION_KEY, Domain
+from domains.decode import BatchDecoder, MessageBatch, Rejected
+from domains.dlq import DLQ_ROW_SCHEMA, DLQ_SORT_KEY, dlq_root, dlq_rows
 from domains.registry import SchemaResolver
 from settings import CollectorSettings
 from storage.base import ObjectNotFound, ObjectStore
@@ -86,6 +88,9 @@ class Collector:
         }
         self.buffer = MinuteBuffer()
         self.tracker = OffsetTracker()
+        self.event_times = EventTimeTracker()
+        self._next_progress = 0.0
+        self._partition_counts: dict[str, int] = {}
         self.health = HealthState(stall_seconds=max(60.0, settings.shutdown_timeout_seconds))
         self.backoff = Backoff()
         self.paused = False
@@ -132,6 +137,7 @@ class Collector:
         self.flush_when_due = True
         self.publish_alarms = True
         self.sweep_enabled = True
+        self.report_progress = settings.write_files  # per-partition progress objects (completeness markers)
 
     # -- lifecycle ------------------------------------------------------------------------------
 
@@ -176,6 +182,9 @@ class Collector:
             self.checkpoint()
         if self.engine is not None:
             self.maintain_engine()
+        if self.report_progress and time.monotonic() >= self._next_progress:
+            self._next_progress = time.monotonic() + self.settings.watermark_interval_seconds
+            self.write_progress({(p.topic, p.partition) for p in self.consumer.assignment()})
 
     def shutdown(self) -> None:
         """Flush every bucket and commit; retries storage until the shutdown deadline."""
@@ -187,6 +196,8 @@ class Collector:
             else:
                 time.sleep(0.2)
         self.checkpoint(final=True)
+        if self.report_progress:
+            self.write_progress({(p.topic, p.partition) for p in self.consumer.assignment()})
         if len(self.buffer):
             log.error("stopped with rows not stored; they will be re-read", extra={"rows": self.buffer.rows})
         else:
@@ -218,6 +229,7 @@ class Collector:
             domain = decoder.domain.name
             rows = decoded.rows
             self.dlq.publish(decoder.domain, batch_messages, decoded.rejected, now)
+            self.file_rejected(decoder.domain, batch_messages, decoded.rejected, now)
             if self.engine is not None:
                 rows = self.evaluate(decoder.domain, rows, batch_messages, now)
             if self.settings.write_files:
@@ -225,13 +237,45 @@ class Collector:
             last: dict[int, int] = {}
             for partition, offset in zip(batch.partitions, batch.offsets, strict=True):
                 last[partition] = offset
+            newest = self._newest_event_us(decoded.rows)
             for partition, offset in last.items():
                 self.tracker.consumed((topic, partition), offset)
+                self.event_times.observe((topic, partition), offset, newest.get(partition))
             metrics.MESSAGES_IN.labels(domain).inc(len(batch))
             metrics.ROWS_IN.labels(domain).inc(decoded.rows.height)
         metrics.BUFFERED_BYTES.set(self.buffer.nbytes)
         metrics.BUFFERED_ROWS.set(self.buffer.rows)
         metrics.PROCESS_SECONDS.observe(time.perf_counter() - started)
+
+    @staticmethod
+    def _newest_event_us(rows: pl.DataFrame) -> dict[int, int]:
+        """Newest event time (µs) per partition of a decoded batch."""
+        if rows.is_empty():
+            return {}
+        newest = rows.group_by("kafka_partition").agg(pl.col("timestamp").max().dt.epoch("us"))
+        return {int(p): int(t) for p, t in newest.iter_rows() if t is not None}
+
+    def file_rejected(self, domain: Domain, messages: list[Message], rejected: list[Rejected], now: datetime) -> None:
+        """Buffer the decoder's rejects as DLQ rows (stored under ``<domain>/_dlq/minute/``)."""
+        if rejected:
+            self.file_dlq_rows(
+                domain, [messages[r.index] for r in rejected], [(r.reason, r.detail, True, None, None, None)
+                                                                for r in rejected], now,
+            )  # fmt: skip
+
+    def file_dlq_rows(
+        self,
+        domain: Domain,
+        messages: list[Message],
+        reasons: list[tuple[str, str, bool, str | None, str | None, datetime | None]],
+        now: datetime,
+    ) -> None:
+        """Buffer DLQ rows; like fact rows they hold back their offsets until their file is stored."""
+        if not messages or not self.settings.write_files:
+            return
+        records = [(m.topic() or "", m.partition() or 0, m.offset() or 0, m.timestamp()[1], m.key(), m.value())
+                   for m in messages]  # fmt: skip
+        self.buffer.add(domain.name, dlq_rows(domain.name, records, reasons, now), kind=DLQ)
 
     # -- anomaly engine ---------------------------------------------------------------------------
 
@@ -241,10 +285,24 @@ class Collector:
         evaluation = self.engine.evaluate(domain.name, rows, now)
         if evaluation.dlq.height:
             by_offset = {(m.partition(), m.offset()): m for m in messages}
-            for record in evaluation.dlq.iter_rows(named=True):
+            position = ["kafka_topic", "kafka_partition", "kafka_offset"]
+            decoded = (
+                rows.join(evaluation.dlq.select(position), on=position, how="semi")
+                .sort(list(POSITION_KEY))
+                .unique(position, keep="first", maintain_order=True)
+                .select(*position, pl.col("timestamp").alias("_event"),
+                        pl.struct(pl.all()).struct.json_encode().alias("_decoded"))
+            )  # fmt: skip
+            flagged_messages: list[Message] = []
+            reasons: list[tuple[str, str, bool, str | None, str | None, datetime | None]] = []
+            for record in evaluation.dlq.join(decoded, on=position, how="left").iter_rows(named=True):
                 message = by_offset[(record["kafka_partition"], record["kafka_offset"])]
                 self.dlq.publish_one(domain, message, record["reason"], record["detail"], now)
                 metrics.FLAGGED.labels(domain.name, record["reason"]).inc()
+                flagged_messages.append(message)
+                reasons.append((record["reason"], record["detail"], bool(record["rejected"]), record["entity_id"],
+                                record["_decoded"], record["_event"]))
+            self.file_dlq_rows(domain, flagged_messages, reasons, now)
         for alarm in evaluation.alarm_records() if self.publish_alarms else []:
             tp = (str(alarm["source_topic"]), int(alarm["source_partition"]))
             self.dlq.publish_alarm(alarm, tp, int(alarm["source_offset"]))
@@ -361,23 +419,36 @@ class Collector:
             "positions": positions.to_dicts(),
         }
         domain = DOMAINS[bucket.domain]
-        data = encode_rows(domain, rows, manifest, self.output_schema(domain))
+        suffix = position_suffix(bucket.first_offsets)
+        if bucket.kind == DLQ:
+            data = encode_rows(rows, DLQ_SORT_KEY, DLQ_ROW_SCHEMA, {**manifest, "kind": DLQ})
+            key = minute_key(dlq_root(bucket.domain), bucket.minute, suffix)
+        else:
+            data = encode_rows(rows, domain.sort_key, self.output_schema(domain), manifest)
+            key = minute_key(bucket.domain, bucket.minute, suffix)
         verify(data, rows.height)
-        key = minute_key(bucket.domain, bucket.minute, position_suffix(bucket.first_offsets))
         self.store.put(key, data)
         self.buffer.remove(bucket)
-        newest = rows["timestamp"].max()
-        if isinstance(newest, datetime) and newest.timestamp() > self._newest.get(bucket.domain, 0.0):
-            self._newest[bucket.domain] = newest.timestamp()
-            metrics.NEWEST_STORED.labels(bucket.domain).set(newest.timestamp())
-        metrics.FILES_WRITTEN.labels(bucket.domain).inc()
-        metrics.BYTES_WRITTEN.labels(bucket.domain).inc(len(data))
-        metrics.ROWS_OUT.labels(bucket.domain).inc(rows.height)
-        metrics.FLUSH_SECONDS.labels(bucket.domain).observe(time.perf_counter() - started)
+        if bucket.kind == DLQ:
+            metrics.DLQ_ROWS_OUT.labels(bucket.domain).inc(rows.height)
+        else:
+            self._stored_facts(bucket.domain, rows, len(data), time.perf_counter() - started)
         metrics.BUFFERED_BYTES.set(self.buffer.nbytes)
         metrics.BUFFERED_ROWS.set(self.buffer.rows)
         log.info("stored", extra={"key": key, "rows": rows.height, "bytes": len(data)})
         return key
+
+    def _stored_facts(self, domain: str, rows: pl.DataFrame, nbytes: int, seconds: float) -> None:
+        newest = rows["timestamp"].max()
+        if isinstance(newest, datetime) and newest.timestamp() > self._newest.get(domain, 0.0):
+            if domain not in self._newest:
+                metrics.FRESHNESS.labels(domain).set_function(lambda: time.time() - self._newest[domain])
+            self._newest[domain] = newest.timestamp()
+            metrics.NEWEST_STORED.labels(domain).set(newest.timestamp())
+        metrics.FILES_WRITTEN.labels(domain).inc()
+        metrics.BYTES_WRITTEN.labels(domain).inc(nbytes)
+        metrics.ROWS_OUT.labels(domain).inc(rows.height)
+        metrics.FLUSH_SECONDS.labels(domain).observe(seconds)
 
     def output_schema(self, domain: Domain) -> dict[str, pl.DataType]:
         """Columns of a stored row: the domain's fields and provenance, plus the engine's flags."""
@@ -419,6 +490,52 @@ class Collector:
         if self.engine is not None and (final or time.monotonic() >= self._next_state_save):
             self._next_state_save = time.monotonic() + self.settings.state_checkpoint_seconds
             self.save_state(self.tracker.partitions())
+
+    def write_progress(self, partitions: set[tuple[str, int]]) -> None:
+        """Store each partition's progress (``_progress/<group>/<topic>/<p>.json``) for completeness markers."""
+        now = self.clock()
+        for topic, partition in sorted(partitions):
+            tp = TopicPartition(topic, partition)
+            committed = self.tracker.committed_offset((topic, partition))
+            if committed is None and not self.tracker.consumed_any((topic, partition)):
+                try:
+                    committed = self.consumer.position([tp])[0].offset  # nothing read yet: where we start
+                except KafkaException:
+                    committed = None
+            if committed is None or committed < 0:
+                continue
+            try:
+                _low, high = self.consumer.get_watermark_offsets(tp, cached=True) or (-1, -1)
+            except KafkaException:
+                high = -1
+            newest = self.event_times.durable((topic, partition), committed)
+            progress = PartitionProgress(
+                domain=domain_for_topic(topic).name,
+                topic=topic,
+                partition=partition,
+                partitions=self._partition_count(topic),
+                committed=committed,
+                event_time=datetime.fromtimestamp(newest / 1e6, UTC) if newest is not None else None,
+                caught_up=high >= 0 and committed >= high,
+                checked_at=now,
+                writer=self.writer_id,
+            )
+            try:
+                self.store.put(progress_key(self.settings.kafka.kafka_group_id, topic, partition), progress.to_json())
+            except CollectorError as exc:
+                log.warning("progress not stored; retried next interval", extra={"error": str(exc)})
+                return
+
+    def _partition_count(self, topic: str) -> int:
+        """Partitions of ``topic`` (metadata, refreshed at most once per progress interval)."""
+        try:
+            metadata = self.consumer.list_topics(topic, timeout=5)
+            count = len(metadata.topics[topic].partitions)
+            if count:
+                self._partition_counts[topic] = count
+        except (KafkaException, KeyError):
+            pass
+        return self._partition_counts.get(topic, 0)
 
     # -- rebalance ------------------------------------------------------------------------------
 
@@ -474,6 +591,8 @@ class Collector:
             if not self.flush(self.buffer.all(), reason="rebalance"):
                 time.sleep(min(1.0, max(0.0, self.backoff.next_attempt - time.monotonic())))
         self.checkpoint(final=True)
+        if self.report_progress:
+            self.write_progress(revoked)
         dropped = self.buffer.drop_partitions(revoked)
         if dropped:
             log.warning("rows of revoked partitions not stored; the new owner re-reads them", extra={"rows": dropped})
@@ -482,6 +601,7 @@ class Collector:
             for topic, partition in revoked:
                 self.engine.state.drop(topic, partition)
         self.tracker.forget(revoked)
+        self.event_times.forget(revoked)
         metrics.ASSIGNED_PARTITIONS.set(max(0, len(consumer.assignment()) - len(partitions)))
 
     def _on_lost(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
@@ -489,6 +609,7 @@ class Collector:
         lost = {(p.topic, p.partition) for p in partitions}
         dropped = self.buffer.drop_partitions(lost)
         self.tracker.forget(lost)
+        self.event_times.forget(lost)
         if self.engine is not None:
             for topic, partition in lost:
                 self.engine.state.drop(topic, partition)

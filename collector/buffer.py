@@ -1,4 +1,4 @@
-"""Rows waiting to be written, bucketed by domain and event-time minute.
+"""Rows waiting to be written, bucketed by domain, kind (facts or DLQ rows) and event-time minute.
 
 A bucket remembers, for each (topic, partition), the first offset it holds: until the bucket is
 stored, the partition's committed offset must not pass that offset.
@@ -14,14 +14,17 @@ import polars as pl
 from common.layout import minute_end
 
 TopicPartition = tuple[str, int]
+FACTS = "facts"
+DLQ = "dlq"
 
 
 @dataclass
 class Bucket:
-    """Rows of one domain whose event time falls in one UTC minute."""
+    """Rows of one domain and kind whose event time falls in one UTC minute."""
 
     domain: str
     minute: datetime
+    kind: str = FACTS
     frames: list[pl.DataFrame] = field(default_factory=list)
     first_offsets: dict[TopicPartition, int] = field(default_factory=dict)
     nbytes: float = 0
@@ -46,7 +49,7 @@ class MinuteBuffer:
     """Buckets keyed by (domain, minute); tells which are due and what they hold back."""
 
     def __init__(self) -> None:
-        self._buckets: dict[tuple[str, datetime], Bucket] = {}
+        self._buckets: dict[tuple[str, str, datetime], Bucket] = {}
 
     def __len__(self) -> int:
         return len(self._buckets)
@@ -61,16 +64,16 @@ class MinuteBuffer:
         """Number of buffered rows."""
         return sum(b.rows for b in self._buckets.values())
 
-    def add(self, domain: str, rows: pl.DataFrame) -> None:
+    def add(self, domain: str, rows: pl.DataFrame, kind: str = FACTS) -> None:
         """Split rows by event-time minute into their buckets."""
         if rows.is_empty():
             return
         minutes = rows.with_columns(pl.col("timestamp").dt.truncate("1m").alias("_minute"))
         for (minute,), part in minutes.partition_by("_minute", as_dict=True, maintain_order=True).items():
-            key = (domain, minute)
+            key = (domain, kind, minute)
             bucket = self._buckets.get(key)
             if bucket is None:
-                bucket = self._buckets[key] = Bucket(domain=domain, minute=minute)
+                bucket = self._buckets[key] = Bucket(domain=domain, minute=minute, kind=kind)
             bucket.add(part.drop("_minute"))
 
     def due(self, now: datetime, grace_seconds: float) -> list[Bucket]:
@@ -78,15 +81,15 @@ class MinuteBuffer:
         due = [
             b for b in self._buckets.values() if (now - minute_end(b.minute)).total_seconds() >= grace_seconds
         ]
-        return sorted(due, key=lambda b: (b.minute, b.domain))
+        return sorted(due, key=lambda b: (b.minute, b.domain, b.kind))
 
     def all(self) -> list[Bucket]:
         """Every bucket, oldest first."""
-        return sorted(self._buckets.values(), key=lambda b: (b.minute, b.domain))
+        return sorted(self._buckets.values(), key=lambda b: (b.minute, b.domain, b.kind))
 
     def remove(self, bucket: Bucket) -> None:
         """Forget a bucket once it is stored."""
-        self._buckets.pop((bucket.domain, bucket.minute), None)
+        self._buckets.pop((bucket.domain, bucket.kind, bucket.minute), None)
 
     def held_offsets(self) -> dict[TopicPartition, int]:
         """For each partition, the lowest offset still only in memory."""
@@ -110,7 +113,7 @@ class MinuteBuffer:
                 )
                 for f in bucket.frames
             ]
-            fresh = Bucket(domain=bucket.domain, minute=bucket.minute)
+            fresh = Bucket(domain=bucket.domain, minute=bucket.minute, kind=bucket.kind)
             for frame in keep:
                 if frame.height:
                     fresh.add(frame)

@@ -9,6 +9,8 @@ REGISTRY = CollectorRegistry(auto_describe=True)
 MESSAGES_IN = Counter("fms_messages_consumed", "Messages consumed", ["domain"], registry=REGISTRY)
 ROWS_IN = Counter("fms_rows_decoded", "Rows produced by decoding", ["domain"], registry=REGISTRY)
 ROWS_OUT = Counter("fms_rows_written", "Rows stored in minute files", ["domain"], registry=REGISTRY)
+DLQ_ROWS_OUT = Counter("fms_dlq_rows_written", "DLQ records stored as Parquet under <domain>/_dlq/minute/",
+                       ["domain"], registry=REGISTRY)
 DLQ_RECORDS = Counter("fms_dlq_records", "Records sent to the DLQ", ["domain", "reason"], registry=REGISTRY)
 FILES_WRITTEN = Counter("fms_files_written", "Minute files stored", ["domain"], registry=REGISTRY)
 BYTES_WRITTEN = Counter("fms_bytes_written", "Bytes of Parquet stored", ["domain"], registry=REGISTRY)
@@ -28,6 +30,10 @@ CONSUMER_LAG = Gauge("fms_consumer_lag", "Consumer lag per topic (sum over parti
 KAFKA_LAG_MAX = Gauge("kafka_lag_max", "Largest consumer lag of any assigned partition", registry=REGISTRY)
 NEWEST_STORED = Gauge(
     "fms_newest_stored_event_timestamp_seconds", "Newest event time stored per domain (freshness)", ["domain"],
+    registry=REGISTRY,
+)
+FRESHNESS = Gauge(
+    "fms_freshness_seconds", "Seconds between now and the newest event time stored per domain", ["domain"],
     registry=REGISTRY,
 )
 ASSIGNED_PARTITIONS = Gauge("fms_assigned_partitions", "Partitions assigned to this member", registry=REGISTRY)

@@ -59,6 +59,14 @@ class OffsetTracker:
         """Record a successful commit."""
         self._committed.update(offsets)
 
+    def committed_offset(self, tp: TopicPartition) -> int | None:
+        """The last offset committed for ``tp`` by this process (None if none)."""
+        return self._committed.get(tp)
+
+    def consumed_any(self, tp: TopicPartition) -> bool:
+        """Whether anything of ``tp`` was consumed since it was assigned."""
+        return tp in self._next
+
     def partitions(self) -> set[TopicPartition]:
         """Partitions with consumed positions."""
         return set(self._next)
@@ -69,3 +77,36 @@ class OffsetTracker:
             self._next.pop(tp, None)
             self._dlq_pending.pop(tp, None)
             self._committed.pop(tp, None)
+
+
+class EventTimeTracker:
+    """Per partition, the newest event time consumed up to each offset, so that once an offset is
+    committed the newest event time that is durable below it is known (the partition's watermark)."""
+
+    def __init__(self) -> None:
+        self._pending: dict[TopicPartition, list[tuple[int, int]]] = {}  # (last offset, newest us so far)
+        self._durable: dict[TopicPartition, int] = {}
+
+    def observe(self, tp: TopicPartition, last_offset: int, newest_us: int | None) -> None:
+        """Messages up to ``last_offset`` were consumed; ``newest_us`` is their newest event time."""
+        pending = self._pending.setdefault(tp, [])
+        previous = pending[-1][1] if pending else self._durable.get(tp, -1)
+        pending.append((last_offset, max(previous, newest_us if newest_us is not None else -1)))
+
+    def durable(self, tp: TopicPartition, committed: int) -> int | None:
+        """Newest event time (µs) among messages below the ``committed`` offset, None if none seen."""
+        pending = self._pending.get(tp, [])
+        done = 0
+        while done < len(pending) and pending[done][0] < committed:
+            self._durable[tp] = max(self._durable.get(tp, -1), pending[done][1])
+            done += 1
+        if done:
+            del pending[:done]
+        newest = self._durable.get(tp, -1)
+        return newest if newest >= 0 else None
+
+    def forget(self, partitions: Iterable[TopicPartition]) -> None:
+        """Drop revoked or lost partitions."""
+        for tp in partitions:
+            self._pending.pop(tp, None)
+            self._durable.pop(tp, None)

@@ -4,27 +4,27 @@ from __future__ import annotations
 
 import io
 import json
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 import polars as pl
 import pyarrow as pa
 import pyarrow.parquet as pq
-
-from domains.base import Domain
 
 MANIFEST_KEY = b"fms.manifest"
 ROW_GROUP_ROWS = 128 * 1024
 
 
 def encode_rows(
-    domain: Domain, rows: pl.DataFrame, manifest: Mapping[str, object], schema: Mapping[str, pl.DataType] | None = None
+    rows: pl.DataFrame,
+    sort_key: Sequence[str],
+    schema: Mapping[str, pl.DataType],
+    manifest: Mapping[str, object],
 ) -> bytes:
-    """Rows sorted by entity and time, as zstd Parquet with statistics and a manifest in metadata.
+    """Rows sorted by ``sort_key``, as zstd Parquet with statistics and a manifest in metadata.
 
-    ``schema`` (default: the domain's row schema) fixes the columns and their types.
+    ``schema`` fixes the columns and their types (a domain's row schema, or the DLQ row schema).
     """
-    columns = dict(schema or domain.flat_schema)
-    table = rows.sort(list(domain.sort_key)).select([pl.col(c).cast(t) for c, t in columns.items()]).to_arrow()
+    table = rows.sort(list(sort_key)).select([pl.col(c).cast(t) for c, t in schema.items()]).to_arrow()
     metadata = dict(table.schema.metadata or {})
     metadata[MANIFEST_KEY] = json.dumps({**manifest, "rows": table.num_rows}, default=str).encode()
     table = table.replace_schema_metadata(metadata)

@@ -2,6 +2,7 @@
 
 ```
 <domain>/minute/YYYYMMDD_HHMM_<suffix>.parquet   suffix derived from the Kafka positions inside
+<domain>/_dlq/minute/YYYYMMDD_HHMM_<suffix>.parquet   the domain's DLQ records, named the same way
 <domain>/hour/YYYYMMDD_HH_HH+1.parquet
 <domain>/day/YYYYMMDD.parquet
 <domain>/week/YYYYMMDD_YYYYMMDD.parquet
@@ -45,9 +46,9 @@ def position_suffix(first_offsets: Mapping[tuple[str, int], int]) -> str:
     return f"p{partition}o{offset}-{digest}"
 
 
-def minute_key(domain: str, start: datetime, suffix: str) -> str:
-    """Object key of a minute file."""
-    return f"{domain}/{MINUTE_DIR}/{start.astimezone(UTC):%Y%m%d_%H%M}_{suffix}.parquet"
+def minute_key(root: str, start: datetime, suffix: str) -> str:
+    """Object key of a minute file under ``root`` (a domain, or a domain's ``<domain>/_dlq``)."""
+    return f"{root}/{MINUTE_DIR}/{start.astimezone(UTC):%Y%m%d_%H%M}_{suffix}.parquet"
 
 
 @dataclass(frozen=True)
@@ -60,12 +61,12 @@ class MinuteFile:
 
 
 def parse_minute_key(key: str) -> MinuteFile | None:
-    """Parse a minute-file key back into its parts (None if it is not one)."""
-    parts = key.split("/")
-    if len(parts) != 3 or parts[1] != MINUTE_DIR:
+    """Parse a minute-file key ``<root>/minute/<name>`` back into its parts (None if it is not one)."""
+    root, _, rest = key.rpartition(f"/{MINUTE_DIR}/")
+    if not root or "/" in rest:
         return None
-    match = _MINUTE_NAME.match(parts[2])
+    match = _MINUTE_NAME.match(rest)
     if not match:
         return None
     start = datetime.strptime(match["stamp"], "%Y%m%d_%H%M").replace(tzinfo=UTC)
-    return MinuteFile(domain=parts[0], start=start, suffix=match["suffix"])
+    return MinuteFile(domain=root, start=start, suffix=match["suffix"])

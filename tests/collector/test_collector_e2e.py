@@ -25,7 +25,7 @@ from storage.base import ObjectStore
 from tests.support.collector_process import CollectorProcess
 from tests.support.kafka import Produced, committed_offsets, end_offsets, produce_tracked, read_topic
 from tests.support.storage import make_store
-from tests.support.stored import MINUTE_KEY, minute_keys, read_minutes
+from tests.support.stored import MINUTE_KEY, minute_keys, read_dlq_minutes, read_minutes
 from trafficgen import FAULT_KINDS, TrafficGenerator
 
 pytestmark = pytest.mark.slow
@@ -84,8 +84,9 @@ def assert_files_at_spec_paths(store: ObjectStore) -> None:
         assert stamps == {match["stamp"]}, f"{key} holds rows of {stamps}"
 
 
-def assert_dlq_matches(kafka: TansuBroker, produced: list[Produced]) -> None:
-    """Every rejected message is on its DLQ with the right reason, original key and bytes."""
+def assert_dlq_matches(kafka: TansuBroker, produced: list[Produced], store: ObjectStore) -> None:
+    """Every rejected message is on its DLQ with the right reason, original key and bytes, and the
+    domain's DLQ Parquet rows are exactly the DLQ topic's records."""
     by_position = {(p.message.topic, p.partition, p.offset): p for p in produced}
     for name, domain in DOMAINS.items():
         expected = Counter(
@@ -95,6 +96,7 @@ def assert_dlq_matches(kafka: TansuBroker, produced: list[Produced]) -> None:
             kafka.bootstrap, domain.dlq_topic.name, domain.dlq_topic.partitions, expect=sum(expected.values()), idle_s=2
         )
         reasons: Counter[str] = Counter()
+        on_topic: set[tuple[str, int, int, str, bytes]] = set()
         for record in records:
             headers = {k: v.decode() for k, v in record.headers() or []}
             source = by_position[
@@ -104,7 +106,15 @@ def assert_dlq_matches(kafka: TansuBroker, produced: list[Produced]) -> None:
             assert headers["dlq.domain"] == name and headers["dlq.detail"]
             assert record.value() == source.message.value and record.key() == source.message.key
             reasons[headers["dlq.reason"]] += 1
+            on_topic.add((headers["dlq.source.topic"], int(headers["dlq.source.partition"]),
+                          int(headers["dlq.source.offset"]), headers["dlq.reason"], record.value()))  # fmt: skip
         assert reasons == expected, f"{name}: DLQ {dict(reasons)} != expected {dict(expected)}"
+        stored = read_dlq_minutes(store, name)
+        in_parquet = [
+            (r["kafka_topic"], r["kafka_partition"], r["kafka_offset"], r["reason"], r["raw"])
+            for r in stored.iter_rows(named=True)
+        ]
+        assert len(in_parquet) == len(set(in_parquet)) and set(in_parquet) == on_topic, name
 
 
 @pytest.mark.parametrize("backend", ["local", "minio", "gcs"])
@@ -125,7 +135,7 @@ def test_every_good_row_stored_once_and_every_bad_message_on_its_dlq(
         collector.kill()
     assert_stored_exactly_once(storage.store, produced)
     assert_files_at_spec_paths(storage.store)
-    assert_dlq_matches(kafka, produced)
+    assert_dlq_matches(kafka, produced, storage.store)
 
 
 def test_sigterm_stores_and_commits_everything_and_restart_rereads_nothing(

@@ -61,7 +61,7 @@ class MinuteWriter:
             part = part.drop("_m")
             first = {(DOMAIN.topic.name, 0): int(part["kafka_offset"].min())}  # type: ignore[arg-type]
             key = minute_key(DOMAIN.name, minute, position_suffix(first) + tag)
-            self.store.put(key, encode_rows(DOMAIN, part, {"domain": DOMAIN.name}))
+            self.store.put(key, encode_rows(part, DOMAIN.sort_key, DOMAIN.flat_schema, {"domain": DOMAIN.name}))
             keys.append(key)
         return keys
 

@@ -1,0 +1,81 @@
+"""DLQ records as stored rows: what the collector writes under ``<domain>/_dlq/minute/`` beside the facts.
+
+Every message sent to a domain's DLQ topic because of itself (rejected by decoding or by the anomaly
+engine, or flagged and kept) is also filed as one row here, so the MinIO console and DuckDB show what
+was rejected and why without consuming the DLQ topic. Offline-sweep findings (no source message) are
+only on the topic and the alarm log.
+
+A row is filed under the minute of its event time when the message was decoded, else of its Kafka
+timestamp; its identity is its Kafka position, like a fact row's.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime
+
+import polars as pl
+
+from domains.base import POSITION_KEY, PROVENANCE_SCHEMA, UTC_MICROS
+
+DLQ_DIR = "_dlq"
+
+DLQ_ROW_SCHEMA: dict[str, pl.DataType] = {
+    "timestamp": UTC_MICROS,  # event time if the message was decoded, else its Kafka timestamp
+    "domain": pl.String(),
+    "reason": pl.String(),
+    "detail": pl.String(),
+    "rejected": pl.Boolean(),  # True: not stored as a fact row; False: flagged and stored
+    "entity_id": pl.String(),
+    "detected_at": UTC_MICROS,
+    "kafka_key": pl.Binary(),
+    "raw": pl.Binary(),  # the message value exactly as consumed
+    "decoded": pl.String(),  # the decoded row as JSON when decoding got that far, else null
+    **PROVENANCE_SCHEMA,
+}
+DLQ_DEDUP_KEY = POSITION_KEY
+DLQ_SORT_KEY = ("reason", "timestamp", "kafka_partition", "kafka_offset", "item_index")
+
+
+def dlq_root(domain: str) -> str:
+    """Storage prefix of a domain's DLQ rows (``<domain>/_dlq``); minute/hour/day/week folders below it."""
+    return f"{domain}/{DLQ_DIR}"
+
+
+def dlq_rows(
+    domain: str,
+    records: Sequence[tuple[str, int, int, int, bytes | None, bytes | None]],
+    reasons: Sequence[tuple[str, str, bool, str | None, str | None, datetime | None]],
+    detected_at: datetime,
+) -> pl.DataFrame:
+    """Typed DLQ rows.
+
+    ``records``: (topic, partition, offset, kafka timestamp ms, key, value) per message;
+    ``reasons``: (reason, detail, rejected, entity id, decoded JSON, event time) for the same messages.
+    """
+    if len(records) != len(reasons):
+        raise ValueError("records and reasons differ in length")
+    kafka_ts = [datetime.fromtimestamp(r[3] / 1000, tz=detected_at.tzinfo) if r[3] > 0 else detected_at
+                for r in records]  # fmt: skip
+    frame = pl.DataFrame(
+        {
+            "timestamp": [event or kts for (*_, event), kts in zip(reasons, kafka_ts, strict=True)],
+            "domain": [domain] * len(records),
+            "reason": [r[0] for r in reasons],
+            "detail": [r[1] for r in reasons],
+            "rejected": [r[2] for r in reasons],
+            "entity_id": [r[3] for r in reasons],
+            "detected_at": [detected_at] * len(records),
+            "kafka_key": [r[4] for r in records],
+            "raw": [r[5] for r in records],
+            "decoded": [r[4] for r in reasons],
+            "item_index": [0] * len(records),
+            "kafka_topic": [r[0] for r in records],
+            "kafka_partition": [r[1] for r in records],
+            "kafka_offset": [r[2] for r in records],
+            "kafka_timestamp": kafka_ts,
+            "collected_at": [detected_at] * len(records),
+        },
+        schema=DLQ_ROW_SCHEMA,
+    )
+    return frame
