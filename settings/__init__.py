@@ -9,9 +9,9 @@ expected. Secrets are never part of a message or a repr.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, ClassVar
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 from common.errors import ConfigError
 from domains import DOMAINS
@@ -22,9 +22,22 @@ _DOMAIN_TOPICS = tuple(d.topic.name for d in DOMAINS.values())
 
 
 class KafkaSettings(BaseModel):
-    """Broker connection and topic selection."""
+    """Broker connection, security and topic selection.
+
+    Security (librdkafka names in brackets): KAFKA_SECURITY_PROTOCOL is PLAINTEXT, SSL, SASL_PLAINTEXT
+    or SASL_SSL. SASL (KAFKA_SASL_MECHANISM PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512) needs
+    KAFKA_SASL_USERNAME and KAFKA_SASL_PASSWORD. TLS: KAFKA_SSL_CA_LOCATION [ssl.ca.location] is the
+    PEM bundle that signed the brokers' certificates (default: the system CA store); mutual TLS adds
+    KAFKA_SSL_CERTIFICATE_LOCATION and KAFKA_SSL_KEY_LOCATION (PEM files, e.g. mounted from a Secret)
+    and KAFKA_SSL_KEY_PASSWORD if the key is encrypted; KAFKA_SSL_ENDPOINT_IDENTIFICATION=false turns
+    off the broker host-name check (never in production). Files are checked at start; passwords
+    never appear in a repr or an error message.
+    """
 
     model_config = ConfigDict(frozen=True, extra="ignore")
+
+    _PROTOCOLS: ClassVar[tuple[str, ...]] = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
+    _MECHANISMS: ClassVar[tuple[str, ...]] = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512")
 
     kafka_brokers: str = Field(min_length=1, description="bootstrap servers, host:port[,host:port]")
     kafka_topic: tuple[str, ...] = Field(default=_DOMAIN_TOPICS)
@@ -33,6 +46,11 @@ class KafkaSettings(BaseModel):
     kafka_sasl_mechanism: str | None = None
     kafka_sasl_username: str | None = None
     kafka_sasl_password: str | None = Field(default=None, repr=False)
+    kafka_ssl_ca_location: str | None = None
+    kafka_ssl_certificate_location: str | None = None
+    kafka_ssl_key_location: str | None = None
+    kafka_ssl_key_password: str | None = Field(default=None, repr=False)
+    kafka_ssl_endpoint_identification: bool = True
     schema_registry_url: str | None = None
     wire_format: WireFormat = WireFormat.AUTO
     wire_formats: dict[str, WireFormat] = Field(default_factory=dict)
@@ -45,6 +63,58 @@ class KafkaSettings(BaseModel):
             if not host or not port.isdigit():
                 raise ValueError(f"expected host:port[,host:port], got {value!r}")
         return value
+
+    @field_validator("kafka_security_protocol", "kafka_sasl_mechanism")
+    @classmethod
+    def _upper_choice(cls, value: str | None, info: ValidationInfo) -> str | None:
+        if value is None:
+            return None
+        choices = cls._PROTOCOLS if info.field_name == "kafka_security_protocol" else cls._MECHANISMS
+        if value.strip().upper() not in choices:
+            raise ValueError(f"expected one of {', '.join(choices)}")
+        return value.strip().upper()
+
+    @model_validator(mode="after")
+    def _security(self) -> KafkaSettings:
+        """Combinations that would silently connect without the security the operator asked for.
+
+        Raises ConfigError itself (not ValueError) so the message names the variables, not "settings".
+        """
+        import os
+
+        protocol = self.kafka_security_protocol
+        sasl = protocol.startswith("SASL_")
+        tls = protocol in ("SSL", "SASL_SSL")
+        if sasl and not (self.kafka_sasl_mechanism and self.kafka_sasl_username and self.kafka_sasl_password):
+            raise ConfigError(
+                f"KAFKA_SASL_MECHANISM, KAFKA_SASL_USERNAME, KAFKA_SASL_PASSWORD: all required when "
+                f"KAFKA_SECURITY_PROTOCOL={protocol}"
+            )
+        if not sasl and (self.kafka_sasl_mechanism or self.kafka_sasl_username or self.kafka_sasl_password):
+            raise ConfigError(
+                f"KAFKA_SASL_*: set, but KAFKA_SECURITY_PROTOCOL={protocol} does not authenticate "
+                f"(use SASL_SSL, or SASL_PLAINTEXT on a trusted network)"
+            )
+        files = {
+            "KAFKA_SSL_CA_LOCATION": self.kafka_ssl_ca_location,
+            "KAFKA_SSL_CERTIFICATE_LOCATION": self.kafka_ssl_certificate_location,
+            "KAFKA_SSL_KEY_LOCATION": self.kafka_ssl_key_location,
+        }
+        given = [name for name, path in files.items() if path]
+        if not tls and (given or self.kafka_ssl_key_password):
+            names = ", ".join(given) or "KAFKA_SSL_KEY_PASSWORD"
+            raise ConfigError(
+                f"{names}: set, but KAFKA_SECURITY_PROTOCOL={protocol} does not use TLS (use SSL or SASL_SSL)"
+            )
+        if bool(self.kafka_ssl_certificate_location) != bool(self.kafka_ssl_key_location):
+            raise ConfigError(
+                "KAFKA_SSL_CERTIFICATE_LOCATION, KAFKA_SSL_KEY_LOCATION: give both for mutual TLS, or neither"
+            )
+        for name in given:
+            path = files[name]
+            if path and not (os.path.isfile(path) and os.access(path, os.R_OK)):
+                raise ConfigError(f"{name}: expected a readable PEM file (not found or unreadable: {path})")
+        return self
 
     @field_validator("kafka_topic", mode="before")
     @classmethod
@@ -80,6 +150,17 @@ class KafkaSettings(BaseModel):
             config["sasl.mechanism"] = self.kafka_sasl_mechanism
             config["sasl.username"] = self.kafka_sasl_username or ""
             config["sasl.password"] = self.kafka_sasl_password or ""
+        if self.kafka_security_protocol in ("SSL", "SASL_SSL"):
+            tls = {
+                "ssl.ca.location": self.kafka_ssl_ca_location,
+                "ssl.certificate.location": self.kafka_ssl_certificate_location,
+                "ssl.key.location": self.kafka_ssl_key_location,
+                "ssl.key.password": self.kafka_ssl_key_password,
+            }
+            config.update({k: v for k, v in tls.items() if v})
+            config["ssl.endpoint.identification.algorithm"] = (
+                "https" if self.kafka_ssl_endpoint_identification else "none"
+            )
         return config
 
 
