@@ -1,0 +1,36 @@
+"""Fixtures of the reliability suite: a :class:`Scenario` on the per-test broker and the session's S3 server."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from embedded.servers import MotoS3Server, TansuBroker
+from tests.reliability.harness import Scenario
+
+
+@pytest.fixture
+def scenario_factory(
+    kafka: TansuBroker, moto_server: MotoS3Server, tmp_path: Path
+) -> Iterator[Callable[..., Scenario]]:
+    """Build scenarios (``endpoint=`` points the collectors at a proxy); all are closed at the end."""
+    made: list[Scenario] = []
+
+    def make(**kwargs: object) -> Scenario:
+        scenario = Scenario(kafka.bootstrap, moto_server, tmp_path, **kwargs)  # type: ignore[arg-type]
+        made.append(scenario)
+        return scenario
+
+    try:
+        yield make
+    finally:
+        for scenario in made:
+            scenario.close()
+
+
+@pytest.fixture
+def scenario(scenario_factory: Callable[..., Scenario]) -> Scenario:
+    """A scenario with the collectors talking to S3 directly."""
+    return scenario_factory()
