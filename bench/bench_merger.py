@@ -82,6 +82,7 @@ def child(mode: str, sources: list[str], out: str) -> None:
     if mode == "merger":
         import duckdb
 
+        from merger.dataset import Dataset
         from merger.merge import DUCKDB_SHARE, _merge_in_chunks
         from merger.periods import Calendar, Grain, period_of
 
@@ -91,7 +92,7 @@ def child(mode: str, sources: list[str], out: str) -> None:
         con.execute(f"SET memory_limit = '{int(budget_mb * DUCKDB_SHARE)}MB'")  # as merger.merge.merge_period
         con.execute(f"SET temp_directory = '{out}.spill'")
         con.execute("SET preserve_insertion_order = false")
-        _merge_in_chunks(con, DOMAIN, period, sources, Path(out), budget_mb)
+        _merge_in_chunks(con, Dataset.facts(DOMAIN), period, sources, Path(out), budget_mb)
     else:
         import pyarrow as pa
 

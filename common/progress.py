@@ -43,9 +43,16 @@ class PartitionProgress:
     writer: str = ""
 
     def passed(self) -> datetime | None:
-        """The instant this partition's data has reached (None if unknown)."""
-        candidates = [t for t in (self.event_time, self.checked_at if self.caught_up else None) if t is not None]
-        return max(candidates) if candidates else None
+        """The instant this partition's durable data has reached (None if unknown).
+
+        Never later than ``checked_at``: events stamped in the future (producer clock skew) must not
+        make a period look complete before it has even ended.
+        """
+        if self.caught_up:
+            return self.checked_at
+        if self.event_time is None:
+            return None
+        return min(self.event_time, self.checked_at)
 
     def to_json(self) -> bytes:
         """Serialized form."""

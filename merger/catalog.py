@@ -27,11 +27,13 @@ class Manifest:
     leaves: dict[str, int]
     rows: int
     created_at: str
+    positions: tuple[dict[str, object], ...] = ()  # per topic/partition: first/last offset and rows held
 
     def to_json(self) -> bytes:
         """Serialized form."""
         return json.dumps(
-            {"sources": list(self.sources), "leaves": self.leaves, "rows": self.rows, "created_at": self.created_at},
+            {"sources": list(self.sources), "leaves": self.leaves, "rows": self.rows, "created_at": self.created_at,
+             "positions": list(self.positions)},
             sort_keys=True,
         ).encode()
 
@@ -39,19 +41,20 @@ class Manifest:
     def from_json(cls, data: bytes) -> Manifest:
         """Parse a stored manifest."""
         raw = json.loads(data)
-        return cls(tuple(raw["sources"]), dict(raw["leaves"]), int(raw["rows"]), str(raw["created_at"]))
+        return cls(tuple(raw["sources"]), dict(raw["leaves"]), int(raw["rows"]), str(raw["created_at"]),
+                   tuple(raw.get("positions", ())))  # fmt: skip
 
 
-def manifest_key(domain: str, period: Period) -> str:
+def manifest_key(root: str, period: Period) -> str:
     """Where a merged file's manifest lives (outside the folders readers glob)."""
-    return f"{domain}/_manifests/{period.grain.folder}/{period.name}.json"
+    return f"{root}/_manifests/{period.grain.folder}/{period.name}.json"
 
 
 @dataclass
 class DomainCatalog:
-    """A listing of one domain's files, indexed by grain and period."""
+    """A listing of one dataset's files (a domain's facts or its DLQ rows), indexed by grain and period."""
 
-    domain: str
+    root: str
     calendar: Calendar
     store: ObjectStore
     minutes: dict[str, tuple[Period, int]] = field(default_factory=dict)  # key -> (minute period, size)
@@ -59,28 +62,28 @@ class DomainCatalog:
     _manifests: dict[str, Manifest | None] = field(default_factory=dict)
 
     @classmethod
-    def load(cls, store: ObjectStore, domain: str, calendar: Calendar) -> DomainCatalog:
-        """List the domain's files once."""
-        catalog = cls(domain, calendar, store, merged={g: {} for g in (Grain.HOUR, Grain.DAY, Grain.WEEK)})
-        for info in store.list(f"{domain}/"):
-            parts = info.key.split("/")
-            if len(parts) != 3 or not parts[2].endswith(".parquet"):
+    def load(cls, store: ObjectStore, root: str, calendar: Calendar) -> DomainCatalog:
+        """List the files under ``root`` (``<domain>`` or ``<domain>/_dlq``) once."""
+        catalog = cls(root, calendar, store, merged={g: {} for g in (Grain.HOUR, Grain.DAY, Grain.WEEK)})
+        for info in store.list(f"{root}/"):
+            parts = info.key.removeprefix(f"{root}/").split("/")
+            if len(parts) != 2 or not parts[1].endswith(".parquet"):
                 continue
-            if parts[1] == Grain.MINUTE.folder:
+            if parts[0] == Grain.MINUTE.folder:
                 parsed = parse_minute_key(info.key)
                 if parsed is not None:
                     catalog.minutes[info.key] = (period_of(parsed.start, Grain.MINUTE, calendar), info.size)
                 continue
             for grain in (Grain.HOUR, Grain.DAY, Grain.WEEK):
-                if parts[1] == grain.folder:
-                    period = parse_name(parts[2].removesuffix(".parquet"), grain, calendar)
+                if parts[0] == grain.folder:
+                    period = parse_name(parts[1].removesuffix(".parquet"), grain, calendar)
                     if period is not None:
                         catalog.merged[grain][period.name] = period
         return catalog
 
     def manifest(self, period: Period) -> Manifest | None:
         """The manifest of the merged file for ``period`` (None if no file or no manifest)."""
-        key = manifest_key(self.domain, period)
+        key = manifest_key(self.root, period)
         if key not in self._manifests:
             found: Manifest | None = None
             if period.name in self.merged.get(period.grain, {}):
@@ -94,7 +97,7 @@ class DomainCatalog:
     def remember(self, period: Period, manifest: Manifest) -> None:
         """Record a merge done in this run."""
         self.merged[period.grain][period.name] = period
-        self._manifests[manifest_key(self.domain, period)] = manifest
+        self._manifests[manifest_key(self.root, period)] = manifest
 
     def minutes_in(self, period: Period) -> dict[str, int]:
         """Minute files inside ``period`` with their sizes."""
@@ -135,7 +138,7 @@ class DomainCatalog:
         manifest = self.manifest(period)
         if manifest is not None:
             if self.up_to_date(period):
-                return [file_key(self.domain, period)], dict(manifest.leaves)
+                return [file_key(self.root, period)], dict(manifest.leaves)
             return self._with_missing(period, manifest)
         return self.build_sources(period)
 
@@ -165,11 +168,11 @@ class DomainCatalog:
     def _with_missing(self, period: Period, manifest: Manifest) -> tuple[list[str], dict[str, int]]:
         """The outdated merged file itself plus every finer file or minute file holding rows it lacks."""
         leaves = dict(manifest.leaves)
-        sources = [file_key(self.domain, period)]
+        sources = [file_key(self.root, period)]
         for finer in sorted(self.merged_in(period), key=lambda p: (-p.grain, p.start)):
             finer_manifest = self.manifest(finer)
             if finer_manifest and any(leaves.get(k) != s for k, s in finer_manifest.leaves.items()):
-                sources.append(file_key(self.domain, finer))
+                sources.append(file_key(self.root, finer))
                 leaves.update(finer_manifest.leaves)
         for key, size in self.minutes_in(period).items():
             if leaves.get(key) != size:
@@ -177,16 +180,20 @@ class DomainCatalog:
                 leaves[key] = size
         return sources, leaves
 
-    def pending(self, grain: Grain, now: datetime, grace: timedelta) -> list[Period]:
-        """Complete periods of ``grain`` with data that have no merged file or an outdated one, oldest first."""
-        candidates: dict[str, Period] = {}
+    def periods(self, grain: Grain, with_own: bool = False) -> list[Period]:
+        """Periods of ``grain`` with minute or finer merged files inside (and, with ``with_own``, those
+        with a merged file of their own), oldest first."""
+        found: dict[str, Period] = dict(self.merged.get(grain, {})) if with_own else {}
         for minute, _ in self.minutes.values():
             p = period_of(minute.start, grain, self.calendar)
-            candidates[p.name] = p
+            found[p.name] = p
         for finer_grain, periods in self.merged.items():
             if finer_grain < grain:
                 for finer in periods.values():
                     p = period_of(finer.start, grain, self.calendar)
-                    candidates[p.name] = p
-        due = [p for p in candidates.values() if is_complete(p, now, grace)]
-        return sorted((p for p in due if not self.up_to_date(p)), key=lambda p: p.start)
+                    found[p.name] = p
+        return sorted(found.values(), key=lambda p: p.start)
+
+    def pending(self, grain: Grain, now: datetime, grace: timedelta) -> list[Period]:
+        """Complete periods of ``grain`` with data that have no merged file or an outdated one, oldest first."""
+        return [p for p in self.periods(grain) if is_complete(p, now, grace) and not self.up_to_date(p)]

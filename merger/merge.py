@@ -17,8 +17,8 @@ from pathlib import Path
 import duckdb
 import pyarrow.parquet as pq
 
-from domains.base import Domain
 from merger.catalog import Manifest, manifest_key
+from merger.dataset import Dataset
 from merger.periods import Period, file_key
 from storage.base import ObjectStore
 
@@ -54,10 +54,10 @@ def _sources(files: list[str]) -> str:
     return "[" + ", ".join("'" + f.replace("'", "''") + "'" for f in files) + "]"
 
 
-def merge_sql(domain: Domain, files: list[str], period: Period, where: str = "TRUE") -> str:
+def merge_sql(dataset: Dataset, files: list[str], period: Period, where: str = "TRUE") -> str:
     """The merge query: rows of the period, once per de-dup key (first Kafka position wins), sorted."""
-    keys = ", ".join(_quote(c) for c in domain.dedup_key)
-    sort = ", ".join(_quote(c) for c in domain.sort_key)
+    keys = ", ".join(_quote(c) for c in dataset.dedup_key)
+    sort = ", ".join(_quote(c) for c in dataset.sort_key)
     sources = _sources(files)[1:-1]
     return f"""
         SELECT * EXCLUDE (_fms_rank) FROM (
@@ -97,7 +97,7 @@ def _literal(text: str) -> str:
 
 def _merge_in_chunks(
     con: duckdb.DuckDBPyConnection,
-    domain: Domain,
+    dataset: Dataset,
     period: Period,
     files: list[str],
     out: Path,
@@ -110,8 +110,8 @@ def _merge_in_chunks(
     is then merged on its own and appended, row group by row group, to one file that stays sorted
     by entity. Small periods are merged in one go.
     """
-    entity = _quote(domain.entity_key)
-    keys = ", ".join(_quote(c) for c in domain.dedup_key)
+    entity = _quote(dataset.entity_key)
+    keys = ", ".join(_quote(c) for c in dataset.dedup_key)
     counts = con.execute(
         f"SELECT {entity}, count(*) FROM read_parquet({_sources(files)}, union_by_name = true) "
         f"WHERE {_period_filter(period)} GROUP BY 1 ORDER BY 1"
@@ -124,7 +124,7 @@ def _merge_in_chunks(
             f"WHERE {_period_filter(period)}"
         ).fetchall()[0][0]
         con.execute(
-            f"COPY ({merge_sql(domain, files, period)}) TO '{out}' "
+            f"COPY ({merge_sql(dataset, files, period)}) TO '{out}' "
             f"(FORMAT parquet, COMPRESSION zstd, ROW_GROUP_SIZE {ROW_GROUP_ROWS})"
         )
         return source_rows, int(expected)
@@ -148,7 +148,7 @@ def _merge_in_chunks(
         ).fetchall()[0][0]
         part = out.with_name(f"part-{i:04d}.parquet")
         con.execute(
-            f"COPY ({merge_sql(domain, chunk_files, period)}) TO '{part}' "
+            f"COPY ({merge_sql(dataset, chunk_files, period)}) TO '{part}' "
             f"(FORMAT parquet, COMPRESSION zstd, ROW_GROUP_SIZE {ROW_GROUP_ROWS})"
         )
         reader = pq.ParquetFile(str(part))
@@ -165,9 +165,20 @@ def _merge_in_chunks(
     return source_rows, int(expected)
 
 
+def covered_positions(con: duckdb.DuckDBPyConnection, path: Path) -> tuple[dict[str, object], ...]:
+    """Per (topic, partition): the lowest and highest Kafka offset and the row count in a merged file."""
+    rows = con.execute(
+        f"SELECT kafka_topic, kafka_partition, min(kafka_offset), max(kafka_offset), count(*) "
+        f"FROM read_parquet('{path}') GROUP BY ALL ORDER BY 1, 2"
+    ).fetchall()
+    return tuple(
+        {"topic": t, "partition": int(p), "first": int(lo), "last": int(hi), "rows": int(n)} for t, p, lo, hi, n in rows
+    )
+
+
 def merge_period(
     store: ObjectStore,
-    domain: Domain,
+    dataset: Dataset,
     period: Period,
     sources: list[str],
     leaves: dict[str, int],
@@ -192,19 +203,24 @@ def merge_period(
             con.execute(f"SET temp_directory = '{folder / 'spill'}'")
             con.execute("SET preserve_insertion_order = false")
             source_rows, expected = _merge_in_chunks(
-                con, domain, period, local, out, memory_limit_mb, chunk_rows
+                con, dataset, period, local, out, memory_limit_mb, chunk_rows
             )
+            positions = covered_positions(con, out)
         finally:
             con.close()
         written = pq.read_metadata(str(out)).num_rows  # verify: readable, and every key once
         if written != expected:
             raise RuntimeError(f"merged {period.name}: {written} rows written, {expected} expected")
-        key = file_key(domain.name, period)
+        key = file_key(dataset.root, period)
         store.put_file(key, str(out))
         manifest = Manifest(
-            sources=tuple(sources), leaves=leaves, rows=written, created_at=datetime.now(UTC).isoformat()
+            sources=tuple(sources),
+            leaves=leaves,
+            rows=written,
+            created_at=datetime.now(UTC).isoformat(),
+            positions=positions,
         )
-        store.put(manifest_key(domain.name, period), manifest.to_json())
+        store.put(manifest_key(dataset.root, period), manifest.to_json())
         size = out.stat().st_size
     result = MergeResult(key, written, int(source_rows), size, time.monotonic() - started, manifest)
     log.info(

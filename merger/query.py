@@ -1,8 +1,11 @@
-"""DuckDB over the stored files: one view per domain that counts every row once.
+"""DuckDB over the stored files: one view per domain that counts every row once, and its companions.
 
-For each domain the view reads, for every period, the coarsest merged file that is up to date
-(week, else day, else hour), plus the minute files no chosen file holds, de-duplicated by Kafka
+For each domain the view ``<domain>`` reads, for every period, the coarsest merged file that is up to
+date (week, else day, else hour), plus the minute files no chosen file holds, de-duplicated by Kafka
 position (a replay can leave a row in two minute files). Minute and merged files may coexist.
+Beside it: ``<domain>_dlq`` (the DLQ records, chosen the same way), ``<domain>_stats_hour|day|week``
+(statistics per period), ``<domain>_complete`` (only rows of periods with a completeness marker) and
+the table ``fms_complete`` (domain, grain, period, period_start, period_end) listing the markers.
 
 ``python -m merger.query --sql "SELECT count(*) FROM robot_status"`` runs a query (S3/GCS files are
 mirrored into ``--cache`` first, as DuckDB's httpfs extension cannot be downloaded everywhere);
@@ -21,7 +24,9 @@ from pathlib import Path
 import duckdb
 
 from domains import DOMAINS
+from domains.dlq import dlq_root
 from merger.catalog import DomainCatalog
+from merger.complete import markers
 from merger.periods import Calendar, Grain, Period, children, file_key, period_of
 from storage.base import ObjectStore
 from storage.factory import StorageConfig, open_store
@@ -61,7 +66,7 @@ def select_files(catalog: DomainCatalog) -> tuple[list[str], list[str]]:
         {key for key, (minute, _) in catalog.minutes.items() if not any(c.contains(minute) for c in chosen)}
         | set(extra)
     )
-    return [file_key(catalog.domain, p) for p in sorted(chosen)], minutes
+    return [file_key(catalog.root, p) for p in sorted(chosen)], minutes
 
 
 def _list_sql(paths: list[str]) -> str:
@@ -84,12 +89,55 @@ def view_sql(domain: str, merged: list[str], minutes: list[str]) -> str:
     return f"CREATE OR REPLACE VIEW {domain} AS {body};"
 
 
+def complete_periods(store: ObjectStore, domain: str, calendar: Calendar, facts: DomainCatalog) -> list[Period]:
+    """Periods with a completeness marker whose merged file still holds everything stored for them
+    (a marker is withdrawn at the next merge after late data; until then late minute files show here)."""
+    out: list[Period] = []
+    for grain in (Grain.HOUR, Grain.DAY, Grain.WEEK):
+        for period in markers(store, domain, grain, calendar).values():
+            if not facts.minutes_in(period) or facts.up_to_date(period):
+                out.append(period)
+    return sorted(out)
+
+
+def complete_sql(rows: list[tuple[str, Period]]) -> str:
+    """``CREATE TABLE fms_complete`` listing the complete periods."""
+    values = ", ".join(
+        f"('{d}', '{p.grain.folder}', '{p.name}', "
+        f"TIMESTAMPTZ '{p.start.isoformat()}', TIMESTAMPTZ '{p.end.isoformat()}')"
+        for d, p in rows
+    )
+    columns = "domain VARCHAR, grain VARCHAR, period VARCHAR, period_start TIMESTAMPTZ, period_end TIMESTAMPTZ"
+    body = f"INSERT INTO fms_complete VALUES {values};" if rows else ""
+    return f"CREATE OR REPLACE TABLE fms_complete ({columns}); {body}"
+
+
 def build_views(store: ObjectStore, calendar: Calendar, locate: Callable[[str], str]) -> list[str]:
-    """One ``CREATE VIEW`` statement per domain; ``locate`` turns an object key into a path/URL."""
+    """The ``CREATE`` statements of every view; ``locate`` turns an object key into a path/URL."""
     statements = []
+    complete: list[tuple[str, Period]] = []
     for name in DOMAINS:
-        merged, minutes = select_files(DomainCatalog.load(store, name, calendar))
+        facts = DomainCatalog.load(store, name, calendar)
+        merged, minutes = select_files(facts)
         statements.append(view_sql(name, [locate(k) for k in merged], [locate(k) for k in minutes]))
+        merged, minutes = select_files(DomainCatalog.load(store, dlq_root(name), calendar))
+        statements.append(view_sql(f"{name}_dlq", [locate(k) for k in merged], [locate(k) for k in minutes]))
+        for grain in (Grain.HOUR, Grain.DAY, Grain.WEEK):
+            keys = sorted(o.key for o in store.list(f"{name}/stats/{grain.folder}/") if o.key.endswith(".parquet"))
+            view = f"{name}_stats_{grain.folder}"
+            statements.append(
+                f"CREATE OR REPLACE VIEW {view} AS SELECT * FROM read_parquet({_list_sql([locate(k) for k in keys])});"
+                if keys else f"-- {view}: no statistics yet"
+            )
+        complete += [(name, p) for p in complete_periods(store, name, calendar, facts)]
+    statements.append(complete_sql(complete))
+    for name in DOMAINS:
+        if any(s.startswith(f"CREATE OR REPLACE VIEW {name} AS") for s in statements):
+            statements.append(
+                f"CREATE OR REPLACE VIEW {name}_complete AS SELECT f.* FROM {name} f WHERE EXISTS ("
+                f"SELECT 1 FROM fms_complete c WHERE c.domain = '{name}' "
+                f"AND f.timestamp >= c.period_start AND f.timestamp < c.period_end);"
+            )
     return statements
 
 

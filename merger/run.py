@@ -19,8 +19,11 @@ from datetime import UTC, datetime, timedelta
 
 from domains import DOMAINS
 from merger.catalog import DomainCatalog, manifest_key
+from merger.complete import load_progress, mark_complete, marker_key, withdraw
+from merger.dataset import Dataset, datasets
 from merger.merge import MergeResult, merge_period
-from merger.periods import Calendar, Grain, Period, file_key, parse_name
+from merger.periods import Calendar, Grain, Period, file_key, parse_name, period_of
+from merger.stats import sources_of, stats_current, stats_key, stats_manifest_key, write_stats
 from storage.base import ObjectNotFound, ObjectStore
 
 log = logging.getLogger("merger")
@@ -36,6 +39,7 @@ class MergerConfig:
     minute_keep: timedelta = timedelta(hours=48)
     retention_days: dict[str, int] = field(default_factory=lambda: {d.name: d.retention_days for d in DOMAINS.values()})
     lease_seconds: float = 900.0
+    group: str = "fms-realtime-collector"  # whose progress objects decide completeness
 
 
 @dataclass
@@ -44,6 +48,8 @@ class RunReport:
 
     merged: list[MergeResult] = field(default_factory=list)
     deleted: list[str] = field(default_factory=list)
+    stats: list[str] = field(default_factory=list)  # statistics objects written
+    completed: list[str] = field(default_factory=list)  # "<domain>/<period>" markers written
     skipped: bool = False
 
 
@@ -91,7 +97,8 @@ def run(
     domains: Iterable[str] | None = None,
     period_name: str | None = None,
 ) -> RunReport:
-    """Merge every complete, missing or outdated period of ``grain`` (or just ``period_name``)."""
+    """Merge every complete, missing or outdated period of ``grain`` (or just ``period_name``), for the
+    facts and the DLQ rows of each domain; then statistics, completeness markers and retention."""
     if grain is Grain.MINUTE:
         raise ValueError("minute files are written by the collector")
     now = now or datetime.now(UTC)
@@ -102,34 +109,79 @@ def run(
         report.skipped = True
         return report
     try:
+        progress = load_progress(store, config.group)
         for name in domains or DOMAINS:
-            domain = DOMAINS[name]
-            catalog = DomainCatalog.load(store, name, config.calendar)
-            if period_name:
-                period = parse_name(period_name, grain, config.calendar)
-                if period is None:
-                    raise ValueError(f"--period {period_name!r} is not a {grain.folder} name")
-                periods = [period]
-            else:
-                periods = catalog.pending(grain, now, config.grace)
-            for period in periods:
-                sources, leaves = catalog.build_sources(period)
-                if not sources:
-                    continue
-                result = merge_period(store, domain, period, sources, leaves, config.memory_limit_mb)
-                catalog.remember(period, result.manifest)
-                report.merged.append(result)
-                lease.renew()
-            report.deleted += apply_retention(store, DomainCatalog.load(store, name, config.calendar), config, now)
+            catalogs: list[DomainCatalog] = []
+            merged: dict[str, Period] = {}
+            for dataset in datasets(name):
+                catalog = DomainCatalog.load(store, dataset.root, config.calendar)
+                for period in _periods(catalog, grain, config, now, period_name):
+                    sources, leaves = catalog.build_sources(period)
+                    if not sources:
+                        continue
+                    withdraw(store, name, period, config.calendar)
+                    result = merge_period(store, dataset, period, sources, leaves, config.memory_limit_mb)
+                    catalog.remember(period, result.manifest)
+                    report.merged.append(result)
+                    merged[period.name] = period
+                    lease.renew()
+                catalogs.append(catalog)
+            facts, dlq = catalogs
+            report.stats += refresh_stats(store, name, grain, facts, dlq, merged)
+            report.completed += [f"{name}/{p.name}" for p in
+                                 mark_complete(store, name, grain, facts, dlq, progress.get(name), config.grace)]
+            for dataset in datasets(name):
+                report.deleted += apply_retention(
+                    store, DomainCatalog.load(store, dataset.root, config.calendar), dataset, config, now
+                )
     finally:
         lease.release()
     return report
 
 
-def apply_retention(store: ObjectStore, catalog: DomainCatalog, config: MergerConfig, now: datetime) -> list[str]:
-    """Delete minute files held by a verified hour file past the keep period, and any file past retention."""
+def _periods(
+    catalog: DomainCatalog, grain: Grain, config: MergerConfig, now: datetime, period_name: str | None
+) -> list[Period]:
+    if not period_name:
+        return catalog.pending(grain, now, config.grace)
+    period = parse_name(period_name, grain, config.calendar)
+    if period is None:
+        raise ValueError(f"--period {period_name!r} is not a {grain.folder} name")
+    return [period]
+
+
+def refresh_stats(
+    store: ObjectStore,
+    domain: str,
+    grain: Grain,
+    facts: DomainCatalog,
+    dlq: DomainCatalog,
+    merged: dict[str, Period],
+) -> list[str]:
+    """(Re)compute the statistics of periods merged now, recent periods whose statistics are outdated
+    (a crash between merge and statistics), and merged periods without statistics."""
+    have = {o.key for o in store.list(f"{domain}/stats/{grain.folder}/")}
+    candidates = dict(merged)
+    for catalog in (facts, dlq):
+        candidates.update({p.name: p for p in catalog.periods(grain)})
+        candidates.update({n: p for n, p in catalog.merged[grain].items() if stats_key(domain, p) not in have})
+    written = []
+    for period in sorted(candidates.values(), key=lambda p: p.start):
+        sources = sources_of(facts, dlq, period)
+        if (sources.facts is None and sources.dlq is None) or stats_current(store, domain, period, sources):
+            continue
+        write_stats(store, domain, period, sources)
+        written.append(stats_key(domain, period))
+    return written
+
+
+def apply_retention(
+    store: ObjectStore, catalog: DomainCatalog, dataset: Dataset, config: MergerConfig, now: datetime
+) -> list[str]:
+    """Delete minute files held by a verified hour file past the keep period, and any file past retention
+    (with its manifest, and for facts its statistics and marker)."""
     deleted: list[str] = []
-    oldest = now - timedelta(days=config.retention_days.get(catalog.domain, 365))
+    oldest = now - timedelta(days=config.retention_days.get(dataset.domain, dataset.retention_days))
     for key, (minute, size) in sorted(catalog.minutes.items()):
         if minute.end <= oldest:
             store.delete(key)
@@ -137,27 +189,32 @@ def apply_retention(store: ObjectStore, catalog: DomainCatalog, config: MergerCo
             continue
         if now < minute.end + config.minute_keep:
             continue
-        hour_name = minute.start.strftime("%Y%m%d_%H") + f"_{minute.start.hour + 1:02d}"
-        hour = catalog.merged[Grain.HOUR].get(hour_name)
+        hour = catalog.merged[Grain.HOUR].get(period_of(minute.start, Grain.HOUR, config.calendar).name)
         manifest = catalog.manifest(hour) if hour else None
         if hour is not None and manifest is not None and manifest.leaves.get(key) == size and store.exists(
-            file_key(catalog.domain, hour)
+            file_key(catalog.root, hour)
         ):
             store.delete(key)
             deleted.append(key)
     for periods in catalog.merged.values():
         for period in list(periods.values()):
             if period.end <= oldest:
-                store.delete(file_key(catalog.domain, period))
-                store.delete(manifest_key(catalog.domain, period))
-                deleted.append(file_key(catalog.domain, period))
+                store.delete(file_key(catalog.root, period))
+                store.delete(manifest_key(catalog.root, period))
+                if dataset.root == dataset.domain:
+                    for key in (stats_key(dataset.domain, period), stats_manifest_key(dataset.domain, period),
+                                marker_key(dataset.domain, period)):  # fmt: skip
+                        store.delete(key)
+                deleted.append(file_key(catalog.root, period))
     if deleted:
-        log.info("retention", extra={"domain": catalog.domain, "deleted": len(deleted)})
+        log.info("retention", extra={"root": catalog.root, "deleted": len(deleted)})
     return deleted
 
 
 def pending_periods(store: ObjectStore, grain: Grain, config: MergerConfig, now: datetime) -> dict[str, list[Period]]:
     """Per domain, the periods a run would merge (for ``--dry-run``)."""
     return {
-        name: DomainCatalog.load(store, name, config.calendar).pending(grain, now, config.grace) for name in DOMAINS
+        dataset.root: DomainCatalog.load(store, dataset.root, config.calendar).pending(grain, now, config.grace)
+        for name in DOMAINS
+        for dataset in datasets(name)
     }

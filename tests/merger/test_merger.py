@@ -280,6 +280,7 @@ def test_query_views_count_every_row_once_while_minute_and_merged_files_coexist(
 
 
 def test_merging_in_entity_chunks_gives_the_same_sorted_file(tmp_path: Path, request: pytest.FixtureRequest) -> None:
+    from merger.dataset import Dataset
     from merger.merge import merge_period
 
     store, _ = make_store("local", tmp_path, request)
@@ -290,9 +291,9 @@ def test_merging_in_entity_chunks_gives_the_same_sorted_file(tmp_path: Path, req
     period = period_of(datetime(2025, 6, 7, 9, tzinfo=UTC), Grain.HOUR, Calendar())
     leaves = {k: 1 for k in keys}
     every_file = [o.key for o in store.list(f"{DOMAIN.name}/minute/")]  # with the replayed minute
-    whole = merge_period(store, DOMAIN, period, every_file, leaves)
+    whole = merge_period(store, Dataset.facts(DOMAIN), period, every_file, leaves)
     single = stored(store, "hour").drop("_key")
-    chunked = merge_period(store, DOMAIN, period, every_file, leaves, chunk_rows=400)
+    chunked = merge_period(store, Dataset.facts(DOMAIN), period, every_file, leaves, chunk_rows=400)
     split = stored(store, "hour").drop("_key")
     assert whole.rows == chunked.rows == rows.height == split.height
     assert split.equals(split.sort(list(DOMAIN.sort_key)))
