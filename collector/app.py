@@ -497,17 +497,17 @@ class Collector:
         for topic, partition in sorted(partitions):
             tp = TopicPartition(topic, partition)
             committed = self.tracker.committed_offset((topic, partition))
-            if committed is None and not self.tracker.consumed_any((topic, partition)):
-                try:
-                    committed = self.consumer.position([tp])[0].offset  # nothing read yet: where we start
-                except KafkaException:
-                    committed = None
-            if committed is None or committed < 0:
-                continue
             try:
-                _low, high = self.consumer.get_watermark_offsets(tp, cached=True) or (-1, -1)
+                low, high = self.consumer.get_watermark_offsets(tp, cached=True) or (-1, -1)
+                if committed is None and not self.tracker.consumed_any((topic, partition)):
+                    committed = self.consumer.position([tp])[0].offset  # nothing read yet: where we start
+                    if committed < 0:  # no fetch position yet (e.g. an empty partition): ask the broker
+                        low, high = self.consumer.get_watermark_offsets(tp, timeout=5)
+                        committed = high if low == high else None
             except KafkaException:
                 high = -1
+            if committed is None or committed < 0:
+                continue
             newest = self.event_times.durable((topic, partition), committed)
             progress = PartitionProgress(
                 domain=domain_for_topic(topic).name,
