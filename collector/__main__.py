@@ -1,6 +1,7 @@
 """``python -m collector``: run the realtime collector until SIGTERM/SIGINT.
 
-``python -m collector create-topics`` creates the domain, DLQ and alarm topics instead.
+``python -m collector create-topics`` creates the domain, DLQ and alarm topics instead;
+``python -m collector replay --domain D [--reason R] [--since T] [--until T]`` re-sends DLQ records.
 """
 
 from __future__ import annotations
@@ -21,6 +22,10 @@ def main(argv: list[str] | None = None, role: str = "collector") -> int:
         from collector.topics import main as topics_main
 
         return topics_main(args[1:])
+    if args and args[0] == "replay":
+        from collector.replay import main as replay_main
+
+        return replay_main(args[1:])
     from collector.app import Collector, install_signal_handlers
     from settings import collector_settings
     from storage.factory import open_store
