@@ -1,13 +1,18 @@
-"""``python -m merger hour|day|week [--period NAME] [--domain D ...] [--dry-run]`` or ``python -m merger schedule``.
+"""``python -m merger hour|day|week [--period NAME] [--domain D ...] [--dry-run]``, ``python -m merger schedule``
+or ``python -m merger status``.
 
 ``schedule`` runs the three merges in-process on the seed's cron schedules (hour ``1 * * * *``,
 day ``5 0 * * *``, week ``10 0 * * 1``, in PARTITION_TIMEZONE) with APScheduler, for setups that
 run next to the collector without Kubernetes CronJobs.
 
+``status`` prints, per domain, how fresh the stored data is and the newest complete hour, day and
+week (completeness markers), and the same as Prometheus text with ``--prometheus``.
+
 With no ``--period``, merges every complete period that has no merged file or whose sources
 changed since it was merged (late minute files, a backfill), oldest first. Storage settings are
 the collector's (STORAGE_BACKEND, MINIO_*, GCS_*, LOCAL_STORAGE_DIR); also PARTITION_TIMEZONE,
-WEEK_START, MERGE_GRACE_MINUTES, MERGER_MEMORY_MB, MINUTE_KEEP_HOURS.
+WEEK_START, MERGE_GRACE_MINUTES, MERGER_MEMORY_MB, MINUTE_KEEP_HOURS, KAFKA_GROUP_ID (whose progress
+decides completeness, default fms-realtime-collector) and PUSHGATEWAY_URL (push metrics after a run).
 """
 
 from __future__ import annotations
@@ -18,11 +23,16 @@ import os
 import sys
 from datetime import UTC, datetime, timedelta
 
+from prometheus_client import generate_latest
+
 from common.errors import CollectorError, ConfigError
 from common.logs import setup_logging
 from domains import DOMAINS
+from merger.complete import status
+from merger.metrics import push, status_registry
 from merger.periods import Calendar, Grain
 from merger.run import MergerConfig, pending_periods, run
+from storage.base import ObjectStore
 from storage.factory import StorageConfig, open_store
 
 
@@ -50,6 +60,7 @@ def config_from_env(env: dict[str, str] | os._Environ[str]) -> MergerConfig:
         grace=timedelta(minutes=number("MERGE_GRACE_MINUTES", "5")),
         memory_limit_mb=int(number("MERGER_MEMORY_MB", "512")),
         minute_keep=timedelta(hours=number("MINUTE_KEEP_HOURS", "48")),
+        group=env.get("KAFKA_GROUP_ID") or "fms-realtime-collector",
     )
 
 
@@ -58,11 +69,12 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m merger", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("grain", choices=["hour", "day", "week", "schedule"])
+    parser.add_argument("grain", choices=["hour", "day", "week", "schedule", "status"])
     parser.add_argument("--period", help="merge only this period, e.g. 20250612_00_01, 20250612, 20250601_20250607")
     parser.add_argument("--domain", action="append", choices=sorted(DOMAINS), help="limit to a domain (repeatable)")
     parser.add_argument("--dry-run", action="store_true", help="print the pending periods and exit")
     parser.add_argument("--now", help="ISO time to use as now (testing, replays)")
+    parser.add_argument("--prometheus", action="store_true", help="status: print Prometheus text instead")
     args = parser.parse_args(argv)
     try:
         config = config_from_env(os.environ)
@@ -76,10 +88,12 @@ def main(argv: list[str] | None = None) -> int:
     except CollectorError as exc:
         print(f"merger: cannot start: {exc}", file=sys.stderr)
         return 1
+    now = datetime.fromisoformat(args.now) if args.now else datetime.now(UTC)
+    if args.grain == "status":
+        return print_status(store, config, now, args.prometheus)
     if args.grain == "schedule":
         return schedule(store, config)
     grain = Grain[args.grain.upper()]
-    now = datetime.fromisoformat(args.now) if args.now else datetime.now(UTC)
     if args.dry_run:
         for domain, periods in pending_periods(store, grain, config, now).items():
             print(f"{domain}: {', '.join(p.name for p in periods) or '-'}")
@@ -88,8 +102,34 @@ def main(argv: list[str] | None = None) -> int:
     rows = sum(r.rows for r in report.merged)
     print(
         f"merger {grain.folder}: {len(report.merged)} files merged ({rows:,} rows), "
-        f"{len(report.deleted)} files deleted{' (skipped: lease held)' if report.skipped else ''}"
+        f"{len(report.deleted)} files deleted, {len(report.stats)} statistics written, "
+        f"{len(report.completed)} periods marked complete{' (skipped: lease held)' if report.skipped else ''}"
     )
+    push_status(store, config)
+    return 0
+
+
+def push_status(store: ObjectStore, config: MergerConfig) -> None:
+    """Push freshness and completeness gauges when PUSHGATEWAY_URL is set."""
+    url = os.environ.get("PUSHGATEWAY_URL")
+    if url:
+        now = datetime.now(UTC)
+        push(status_registry(status(store, config.group, config.calendar), now), url, job="fms-merger")
+
+
+def print_status(store: ObjectStore, config: MergerConfig, now: datetime, prometheus: bool) -> int:
+    """``status``: freshness and the newest complete periods per domain."""
+    statuses = status(store, config.group, config.calendar)
+    if prometheus:
+        print(generate_latest(status_registry(statuses, now)).decode(), end="")
+        return 0
+    print(f"{'domain':<24}{'newest event (UTC)':<22}{'fresh (s)':>10}  {'newest complete hour':<22}{'day':<10}week")
+    for s in statuses:
+        newest = f"{s.newest_event:%Y-%m-%d %H:%M:%S}" if s.newest_event else "-"
+        fresh = f"{(now - s.newest_event).total_seconds():.0f}" if s.newest_event else "-"
+        hour, day, week = (s.newest_complete[g].name if g in s.newest_complete else "-"
+                           for g in ("hour", "day", "week"))  # fmt: skip
+        print(f"{s.domain:<24}{newest:<22}{fresh:>10}  {hour:<22}{day:<10}{week}")
     return 0
 
 

@@ -13,9 +13,12 @@ import duckdb
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from prometheus_client import generate_latest
+from prometheus_client.parser import text_string_to_metric_families
 
 from common.progress import PartitionProgress, progress_key
-from merger.complete import marker_key
+from merger.complete import marker_key, status
+from merger.metrics import status_registry
 from merger.periods import Calendar, Grain, period_of
 from merger.query import build_views
 from merger.run import MergerConfig, run
@@ -107,6 +110,17 @@ def test_marker_only_after_every_partition_passed_and_redone_after_late_data(
     listed = con.execute("SELECT grain, period FROM fms_complete ORDER BY grain").fetchall()
     assert listed == [("day", "20250607"), ("hour", hour.name)]
     assert con.execute(f"SELECT count(*) FROM {DOMAIN.name}_complete").fetchall()[0][0] == rows.height + late.height
+
+    # Metrics: the newest complete hour and day, and the freshness of the durable data.
+    text = generate_latest(status_registry(status(store, GROUP, CONFIG.calendar), LATER)).decode()
+    samples = {(s.name, tuple(sorted(s.labels.items()))): s.value
+               for family in text_string_to_metric_families(text) for s in family.samples}  # fmt: skip
+    day = period_of(HOUR_START, Grain.DAY, CONFIG.calendar)
+    gauge = "fms_newest_complete_period_end_timestamp_seconds"
+    assert samples[(gauge, (("domain", DOMAIN.name), ("grain", "hour")))] == hour.end.timestamp()
+    assert samples[(gauge, (("domain", DOMAIN.name), ("grain", "day")))] == day.end.timestamp()
+    newest = day.end + timedelta(minutes=6)
+    assert samples[("fms_freshness_seconds", (("domain", DOMAIN.name),))] == (LATER - newest).total_seconds()
 
 
 @pytest.mark.parametrize("backend", ["local", "minio"])
