@@ -58,7 +58,9 @@ class StorageConfig:
 
         STORAGE_BACKEND (local|minio|gcs, default local), LOCAL_STORAGE_DIR (default ./data),
         MINIO_ENDPOINT (host:port, no scheme), MINIO_ACCESS_KEY, MINIO_SECRET_KEY,
-        MINIO_BUCKET (default fms-data), MINIO_SECURE (true/false, default false), MINIO_REGION,
+        MINIO_BUCKET (default fms-data), MINIO_SECURE (true/false, default false; true = HTTPS with
+        the server certificate verified), SSL_CERT_FILE (PEM CA bundle that verifies it when MinIO's
+        certificate is signed by a private CA; default: certifi's bundle), MINIO_REGION,
         GCS_BUCKET (default fms-data), GCS_PROJECT, GOOGLE_APPLICATION_CREDENTIALS,
         STORAGE_EMULATOR_HOST (GCS emulator; anonymous credentials). The local backend's folder
         name is MINIO_BUCKET's value so that a local tree mirrors the bucket layout.
@@ -116,13 +118,19 @@ class StorageConfig:
         secret_key = get("MINIO_SECRET_KEY")
         if secret_key is None:
             raise ConfigError("MINIO_SECRET_KEY: required when STORAGE_BACKEND=minio")
+        secure = _parse_bool("MINIO_SECURE", get("MINIO_SECURE"), default=False)
+        ca_file = get("SSL_CERT_FILE")  # read by storage.s3 for the HTTPS client; checked here, at start
+        if secure and ca_file and not (os.path.isfile(ca_file) and os.access(ca_file, os.R_OK)):
+            raise ConfigError(
+                f"SSL_CERT_FILE: expected a readable PEM CA bundle for MINIO_SECURE=true (not found: {ca_file})"
+            )
         return cls(
             backend="minio",
             bucket=bucket,
             minio_endpoint=endpoint,
             minio_access_key=access_key,
             minio_secret_key=secret_key,
-            minio_secure=_parse_bool("MINIO_SECURE", get("MINIO_SECURE"), default=False),
+            minio_secure=secure,
             minio_region=get("MINIO_REGION"),
         )
 

@@ -2,27 +2,40 @@
 
 from __future__ import annotations
 
+import json
 import threading
 import time
+import urllib.parse
 import urllib.request
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import polars as pl
 import pyarrow as pa
 import pyarrow.parquet as pq
-from confluent_kafka import Consumer, Message, TopicPartition
+from confluent_kafka import Consumer, KafkaError, Message, Producer, TopicPartition
+from confluent_kafka.admin import AdminClient, NewTopic
 
+from collector.topics import all_topics
 from domains import DOMAINS
+from trafficgen import GeneratedMessage
+
+# DLQ reasons that decoding gives (the message is rejected, never stored).
+DECODE_REASONS = frozenset({"schema_error", "invalid_enum", "unit_violation", "unit_mismatch"})
 
 
 def read_all(
-    bootstrap: str, topics: Iterable[tuple[str, int]], idle_s: float = 2.0, timeout_s: float = 60.0
+    client: str | dict[str, Any], topics: Iterable[tuple[str, int]], idle_s: float = 2.0, timeout_s: float = 60.0
 ) -> list[Message]:
-    """Every record of the given (topic, partitions) pairs, read until nothing came for ``idle_s``."""
+    """Every record of the given (topic, partitions) pairs, read until nothing came for ``idle_s``.
+
+    ``client`` is a bootstrap address or a whole client configuration (e.g. with TLS settings).
+    """
+    config = {"bootstrap.servers": client} if isinstance(client, str) else client
     consumer = Consumer(
-        {"bootstrap.servers": bootstrap, "group.id": "security-reader", "enable.auto.commit": False,
+        {**config, "group.id": "security-reader", "enable.auto.commit": False,
          "fetch.max.bytes": 64 * 1024 * 1024, "receive.message.max.bytes": 128 * 1024 * 1024}
     )  # fmt: skip
     consumer.assign([TopicPartition(t, p, 0) for t, n in topics for p in range(n)])
@@ -105,3 +118,41 @@ def cells_as_text(path: Path) -> pl.DataFrame:
         else:
             columns.append(column.cast(pl.String).alias(name))
     return pl.DataFrame(columns)
+
+
+def create_all_topics(config: dict[str, Any]) -> None:
+    """Every domain, DLQ and alarm topic, through a client built from ``config`` (e.g. TLS settings)."""
+    admin = AdminClient(config)
+    new = [NewTopic(s.name, num_partitions=s.partitions, replication_factor=1, config=s.config()) for s in all_topics()]
+    for future in admin.create_topics(new, request_timeout=30).values():
+        future.result(30)
+
+
+def produce_generated(config: dict[str, Any], messages: Sequence[GeneratedMessage], timeout: float = 60.0) -> int:
+    """Produce generated messages through a client built from ``config``; returns how many were acknowledged."""
+    producer = Producer({**config, "acks": "all", "linger.ms": 5})
+    acked: list[int] = []
+    errors: list[str] = []
+
+    def on_delivery(err: KafkaError | None, _msg: Message) -> None:
+        if err is not None:
+            errors.append(str(err))
+        else:
+            acked.append(1)
+
+    for m in messages:
+        producer.produce(m.topic, key=m.key, value=m.value, on_delivery=on_delivery)
+        producer.poll(0)
+    producer.flush(timeout)
+    assert not errors, errors[:3]
+    return len(acked)
+
+
+def secrets_in(text: str, secrets: dict[str, str]) -> list[str]:
+    """Names of the ``secrets`` whose value occurs in ``text`` (also URL- or JSON-escaped)."""
+    found = []
+    for name, value in secrets.items():
+        variants = {value, urllib.parse.quote(value, safe=""), json.dumps(value)[1:-1]}
+        if any(v and v in text for v in variants):
+            found.append(name)
+    return found

@@ -24,7 +24,15 @@ from collector.topics import create_topics
 from domains import DOMAINS
 from embedded.servers import TansuBroker
 from storage.factory import StorageConfig, open_store
-from tests.security.helpers import RssSampler, cells_as_text, dlq_topics, metrics_text, parquet_files, read_all
+from tests.security.helpers import (
+    DECODE_REASONS,
+    RssSampler,
+    cells_as_text,
+    dlq_topics,
+    metrics_text,
+    parquet_files,
+    read_all,
+)
 from tests.support.bad_inputs import (
     HOSTILE_IDS,
     MIB,
@@ -49,7 +57,6 @@ BUCKET = "fms-data"
 RSS_BOUND = 1024 * MIB
 # Reasons with which the anomaly engine rejects (drops the rows); any other engine reason is a flag.
 ENGINE_REJECTING = {"duplicate", "unit_mismatch"}
-DECODE_REASONS = {"schema_error", "invalid_enum", "unit_violation", "unit_mismatch"}
 
 
 @dataclass
