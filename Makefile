@@ -38,3 +38,14 @@ bench: $(STAMP)
 
 clean:
 	rm -rf $(VENV) data .pytest_cache
+
+# Dependency audit: pip-audit over the pinned runtime dependencies (requirements.lock), in its own
+# venv so the project's environment stays as tested. --strict fails when a package could not be
+# audited, so an unreachable vulnerability service (pypi.org JSON API, or osv.dev with
+# AUDIT_ARGS="-s osv") is a failure, never a silent pass. See SECURITY.md for where it can run.
+AUDIT_VENV ?= .venv-audit
+.PHONY: audit
+audit:
+	$(PYTHON) -m venv $(AUDIT_VENV)
+	$(AUDIT_VENV)/bin/python -m pip install --quiet pip-audit
+	$(AUDIT_VENV)/bin/pip-audit --strict --no-deps --disable-pip -r requirements.lock $(AUDIT_ARGS)
