@@ -152,6 +152,11 @@ class Backfill(Collector):
         """Where the plan is kept."""
         return f"_backfill/{self.settings.kafka.kafka_group_id}/plan.json"
 
+    @property
+    def done_key(self) -> str:
+        """Written once everything planned is stored: until then the merger writes no completeness markers."""
+        return f"_backfill/{self.settings.kafka.kafka_group_id}/done.json"
+
     def load_plan(self) -> BackfillPlan:
         """The stored plan, or a new one (stored before any work starts)."""
         try:
@@ -196,7 +201,8 @@ class Backfill(Collector):
         self.health.assigned = True
         try:
             idle_since = time.monotonic()
-            while not self.stopping.is_set() and not self.finished():
+            ended = False
+            while not self.stopping.is_set() and not (ended := self.finished()):
                 before = dict(self.position)
                 self.step()
                 self.report()
@@ -207,8 +213,11 @@ class Backfill(Collector):
                         "no more messages below the planned end; finishing",
                         extra={"positions": {f"{t}[{p}]": o for (t, p), o in self.position.items()}},
                     )
+                    ended = True
                     break
             self.shutdown()
+            if ended and not len(self.buffer):
+                self.store.put(self.done_key, json.dumps({"finished_at": self.clock().isoformat()}).encode())
         finally:
             self.consumer.close()
             self.producer.flush(10)

@@ -5,7 +5,9 @@ end plus the grace (from the realtime group's progress objects, see :mod:`common
 period's merged files are up to date. The merger then writes a small JSON marker,
 ``<domain>/_complete/<grain>/<name>.json`` (``"marker": "_COMPLETE"``), holding the row counts and the
 Kafka offsets covered. Re-merging a period (late data) first withdraws its marker and those of the
-coarser periods containing it; the marker is written again once the new merge is verified.
+coarser periods containing it; the marker is written again once the new merge is verified. While a
+backfill is loading history (a plan without ``done.json`` under ``_backfill/<group>/``) no marker is
+written: the realtime group's progress says nothing about the offsets before its start.
 """
 
 from __future__ import annotations
@@ -123,6 +125,15 @@ def write_marker(
     return True
 
 
+def backfills_running(store: ObjectStore) -> list[str]:
+    """Backfill groups with a plan but no ``done.json``: history is still arriving, so no period is complete."""
+    keys = {o.key for o in store.list("_backfill/")}
+    return sorted(
+        k.split("/")[1] for k in keys
+        if k.endswith("/plan.json") and k.count("/") == 2 and k.replace("plan.json", "done.json") not in keys
+    )  # fmt: skip
+
+
 def mark_complete(
     store: ObjectStore,
     domain: str,
@@ -134,6 +145,10 @@ def mark_complete(
 ) -> list[Period]:
     """Write markers for every merged period of ``grain`` that became complete; returns them."""
     if progress is None:
+        return []
+    running = backfills_running(store)
+    if running:
+        log.info("a backfill is still loading history; no completeness markers yet", extra={"backfills": running})
         return []
     done = markers(store, domain, grain, facts.calendar)
     candidates = {p.name: p for c in (facts, dlq) for p in c.periods(grain, with_own=True)}

@@ -91,11 +91,13 @@ def test_history_and_live_rows_end_up_once_after_kill_rerun_and_parallel_backfil
         killed.wait()
         partial = killed.stdout.read().decode() if killed.stdout else ""
         assert "backfill summary" not in partial, "the first run should be killed before it finishes"
+        assert not store.exists("_backfill/fms-backfill/done.json")  # history still arriving: no markers
         time.sleep(3.5)  # the killed job's lease expires
         rerun = backfill(job_env)
         output = rerun.communicate(timeout=300)[0].decode()
         assert rerun.returncode == 0, output
         assert "backfill summary" in output and "merged" in output
+        assert store.exists("_backfill/fms-backfill/done.json")
     finally:
         assert collector.terminate() == 0
         collector.kill()

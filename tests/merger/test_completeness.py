@@ -154,3 +154,17 @@ def test_statistics_equal_a_direct_query_over_the_facts(
         assert len(got) == len(expected) > 0
         for g, e in zip(got, expected, strict=True):
             assert g[:4] == e[:4] and g[4:] == pytest.approx(e[4:], rel=1e-9)
+
+
+def test_no_marker_while_a_backfill_is_loading_history(tmp_path: Path, request: pytest.FixtureRequest) -> None:
+    store, _ = make_store("local", tmp_path, request)
+    MinuteWriter(store).write(MinuteWriter(store).rows(HOUR_START, 100, timedelta(seconds=5)))
+    for partition in (0, 1):
+        report_progress(store, partition, HOUR_START + timedelta(days=2))
+    store.put("_backfill/fms-backfill/plan.json", b"{}")  # a backfill started and has not finished
+    run(store, Grain.HOUR, CONFIG, now=LATER)
+    assert store.exists(f"{DOMAIN.name}/hour/{period_of(HOUR_START, Grain.HOUR, CONFIG.calendar).name}.parquet")
+    assert marker(store, Grain.HOUR, HOUR_START) is None
+    store.put("_backfill/fms-backfill/done.json", b"{}")
+    run(store, Grain.HOUR, CONFIG, now=LATER)
+    assert marker(store, Grain.HOUR, HOUR_START) is not None
