@@ -9,7 +9,6 @@ message content never shaped an object key.
 
 from __future__ import annotations
 
-import importlib.util
 import re
 from collections import Counter
 from collections.abc import Iterator
@@ -203,15 +202,11 @@ def test_no_raw_ip_address_reaches_fact_files(corpus_run: CorpusRun) -> None:
     assert device_rows > 0  # device_status rows were stored, just none with a raw IP
 
 
-# DLQ records filed as Parquet beside the facts (domains/dlq.py) keep each message's raw bytes.
-_DLQ_FILES_KEEP_RAW_BYTES = importlib.util.find_spec("domains.dlq") is not None
-
-
 @pytest.mark.xfail(
-    _DLQ_FILES_KEEP_RAW_BYTES,
     strict=True,
-    reason="domains.dlq / collector: rejected messages are also stored under <domain>/_dlq/minute/ with their raw "
-    "bytes (column 'raw'), so a device_status message rejected for carrying a raw IP puts that IP in storage",
+    reason="collector + domains.dlq: rejected messages are also filed as Parquet under <domain>/_dlq/minute/ with "
+    "their raw bytes ('raw'), decoded JSON and entity id, so a device_status message rejected for carrying a raw IP "
+    "puts that IP in object storage",
 )
 def test_no_raw_ip_address_reaches_any_stored_object(corpus_run: CorpusRun) -> None:
     """Every object in the bucket, including anything filed beside the facts and engine state."""
