@@ -11,8 +11,9 @@ week (completeness markers), and the same as Prometheus text with ``--prometheus
 With no ``--period``, merges every complete period that has no merged file or whose sources
 changed since it was merged (late minute files, a backfill), oldest first. Storage settings are
 the collector's (STORAGE_BACKEND, MINIO_*, GCS_*, LOCAL_STORAGE_DIR); also PARTITION_TIMEZONE,
-WEEK_START, MERGE_GRACE_MINUTES, MERGER_MEMORY_MB, MINUTE_KEEP_HOURS, KAFKA_GROUP_ID (whose progress
-decides completeness, default fms-realtime-collector) and PUSHGATEWAY_URL (push metrics after a run).
+WEEK_START, MERGE_GRACE_MINUTES, MERGER_MEMORY_MB, MINUTE_KEEP_HOURS, COMPLETENESS_GROUP_ID (the
+realtime group whose progress decides completeness, default fms-realtime-collector) and
+PUSHGATEWAY_URL (push metrics after a run).
 """
 
 from __future__ import annotations
@@ -60,7 +61,7 @@ def config_from_env(env: dict[str, str] | os._Environ[str]) -> MergerConfig:
         grace=timedelta(minutes=number("MERGE_GRACE_MINUTES", "5")),
         memory_limit_mb=int(number("MERGER_MEMORY_MB", "512")),
         minute_keep=timedelta(hours=number("MINUTE_KEEP_HOURS", "48")),
-        group=env.get("KAFKA_GROUP_ID") or "fms-realtime-collector",
+        group=env.get("COMPLETENESS_GROUP_ID") or "fms-realtime-collector",
     )
 
 

@@ -39,7 +39,7 @@ class MergerConfig:
     minute_keep: timedelta = timedelta(hours=48)
     retention_days: dict[str, int] = field(default_factory=lambda: {d.name: d.retention_days for d in DOMAINS.values()})
     lease_seconds: float = 900.0
-    group: str = "fms-realtime-collector"  # whose progress objects decide completeness
+    group: str = "fms-realtime-collector"  # the realtime group whose progress objects decide completeness
 
 
 @dataclass

@@ -204,6 +204,10 @@ def test_configmap_uses_the_seed_names_and_the_code_accepts_it(built: tuple[str,
             pod_env.pop("GOOGLE_APPLICATION_CREDENTIALS", None)
             settings = collector_settings(pod_env)
             assert settings.kafka.kafka_brokers == data["KAFKA_BROKERS"]
+            if container.get("command", [])[:3] == ["python", "-m", "merger"]:
+                realtime = find(resources, "Deployment", "realtime-collector")
+                collector_group = container_env(resources, pod_spec(realtime)["containers"][0])["KAFKA_GROUP_ID"]
+                assert config_from_env(pod_env).group == collector_group, "markers follow the realtime group"
     assert StorageConfig.from_env(env).backend == data["STORAGE_BACKEND"]
     config_from_env(env)  # PARTITION_TIMEZONE, WEEK_START valid
 
