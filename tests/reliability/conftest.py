@@ -7,7 +7,9 @@ from pathlib import Path
 
 import pytest
 
+from collector.topics import create_topics
 from embedded.servers import MotoS3Server, TansuBroker
+from tests.reliability.brokers import PersistentTansu
 from tests.reliability.harness import Scenario
 
 
@@ -34,3 +36,23 @@ def scenario_factory(
 def scenario(scenario_factory: Callable[..., Scenario]) -> Scenario:
     """A scenario with the collectors talking to S3 directly."""
     return scenario_factory()
+
+
+@pytest.fixture
+def persistent_broker(moto_server: MotoS3Server, tmp_path: Path) -> Iterator[PersistentTansu]:
+    """A Tansu broker on S3 storage (survives a restart) with every topic created."""
+    with PersistentTansu(moto_server, log_dir=tmp_path) as broker:
+        create_topics(broker.bootstrap)
+        yield broker
+
+
+@pytest.fixture
+def persistent_scenario(
+    persistent_broker: PersistentTansu, moto_server: MotoS3Server, tmp_path: Path
+) -> Iterator[Scenario]:
+    """A scenario on the persistent broker."""
+    scenario = Scenario(persistent_broker.bootstrap, moto_server, tmp_path)
+    try:
+        yield scenario
+    finally:
+        scenario.close()

@@ -65,8 +65,11 @@ GRAINS = ("minute", *MERGED_GRAINS)
 MANIFEST_META = b"fms.manifest"
 DURABLE_SLACK_S = 1.5  # S3 LastModified has whole seconds; the sample's clock is the same machine's
 
-_DATA = re.compile(r"^(?P<root>(?P<domain>[a-z_]+)(?P<dlq>/_dlq)?)/(?P<grain>minute|hour|day|week)/(?P<name>[^/]+)$")
-_MANIFEST = re.compile(r"^(?P<root>(?P<domain>[a-z_]+)(?:/_dlq)?)/_manifests/(?P<grain>hour|day|week)/(?P<name>[^/]+)$")
+# Reader-visible data: facts (<domain>/), DLQ rows (<domain>/_dlq/) and statistics (<domain>/stats/).
+_DATA = re.compile(
+    r"^(?P<root>(?P<domain>[a-z_]+)(?:/(?P<kind>_dlq|stats))?)/(?P<grain>minute|hour|day|week)/(?P<name>[^/]+)$"
+)
+_KINDS = {None: "facts", "_dlq": "dlq", "stats": "stats"}
 _NAME = {
     "minute": re.compile(r"^\d{8}_\d{4}(?:_[A-Za-z0-9-]+)?\.parquet$"),
     "hour": re.compile(r"^\d{8}_\d{2}_\d{2}\.parquet$"),
@@ -383,17 +386,33 @@ class _File:
     version: ObjectVersion
     root: str
     domain: str
-    dlq: bool
+    kind: str  # "facts", "dlq" or "stats"
     grain: str
     name: str
     rows: pl.DataFrame | None = None  # identity columns (+ timestamp and de-dup key for fact files)
+    nrows: int = 0
     manifest: dict[str, object] | None = None
     writer: str | None = None
 
+    @property
+    def dlq(self) -> bool:
+        """Not a fact file (DLQ rows or statistics)."""
+        return self.kind != "facts"
 
-def _columns_for(domain: str, dlq: bool, available: Sequence[str]) -> list[str]:
+    @property
+    def manifest_key(self) -> str:
+        """Where a merged file's JSON manifest lives."""
+        stem = self.name.removesuffix(".parquet")
+        if self.kind == "stats":
+            return f"{self.domain}/_manifests/stats/{self.grain}/{stem}.json"
+        return f"{self.root}/_manifests/{self.grain}/{stem}.json"
+
+
+def _columns_for(domain: str, kind: str, available: Sequence[str]) -> list[str]:
+    if kind == "stats":
+        return []
     wanted = ["kafka_topic", "kafka_partition", "kafka_offset", "item_index", "timestamp"]
-    if dlq:
+    if kind == "dlq":
         wanted += ["reason", "rejected"]
     else:
         spec = DOMAINS[domain]
@@ -410,9 +429,12 @@ def _load(file: _File, data: bytes, report: OracleReport) -> None:
     try:
         parquet = pq.ParquetFile(pa.BufferReader(data))
         names = parquet.schema_arrow.names
-        table = parquet.read(columns=_columns_for(file.domain, file.dlq, names))
+        table = parquet.read(columns=_columns_for(file.domain, file.kind, names))
     except Exception as exc:  # noqa: BLE001 - any failure to read is the violation
         report.violate("readable", f"{key}: not a readable Parquet file: {type(exc).__name__}: {exc}")
+        return
+    file.nrows = parquet.metadata.num_rows
+    if file.kind == "stats":
         return
     frame = pl.from_arrow(table)
     assert isinstance(frame, pl.DataFrame)
@@ -470,7 +492,8 @@ def check(
     for f in files:
         if not f.version.deleted:
             _load(f, view.read(f.version), report)
-    latest = [f for f in files if f.version.latest and not f.version.deleted and f.rows is not None]
+    latest = [f for f in files if f.version.latest and not f.version.deleted and (f.rows is not None or
+              f.kind == "stats")]  # fmt: skip
     _check_manifests(view, latest, manifests, report)
 
     facts = _union_rows(latest)
@@ -490,27 +513,28 @@ def _classify(
         top = v.key.split("/", 1)[0]
         if top.startswith("_") or top not in DOMAINS:
             continue  # _dims, _state, _locks, _backfill, _progress...: not reader-visible
+        current = v.latest and not v.deleted
         if _temporary(v.key):
-            if not v.deleted and v.latest:
+            if current:
                 report.violate("no_temporaries", f"{v.key}: temporary or partial object left under a data prefix")
             continue
         data = _DATA.match(v.key)
         if data:
             if not _NAME[data["grain"]].match(data["name"]):
-                if not v.deleted and v.latest:
+                if current:
                     report.violate("no_temporaries", f"{v.key}: not a final {data['grain']} file name")
                 continue
-            files.append(
-                _File(v, data["root"], data["domain"], bool(data["dlq"]), data["grain"], data["name"])
-            )
+            kind = _KINDS[data["kind"]]
+            files.append(_File(v, data["root"], data["domain"], kind, data["grain"], data["name"]))
             continue
-        man = _MANIFEST.match(v.key)
-        if man:
-            if v.latest and not v.deleted:
+        if "/_manifests/" in v.key and v.key.endswith(".json"):
+            if current:
                 manifests[v.key] = v
             continue
-        if v.latest and not v.deleted:
-            report.violate("no_temporaries", f"{v.key}: unexpected object under a domain prefix")
+        segments = v.key.split("/")[1:-1]
+        if current and not any(s.startswith("_") for s in segments):
+            # Metadata lives under "_" folders (_manifests, _complete...); anything else is reader-visible.
+            report.violate("no_temporaries", f"{v.key}: unexpected object under a reader-visible prefix")
     if local_root is not None:
         for path in local_root.rglob("*"):
             rel = path.relative_to(local_root).as_posix()
@@ -538,7 +562,7 @@ def _check_manifests(
     for f in latest:
         if f.grain == "minute":
             continue
-        mkey = f"{f.root}/_manifests/{f.grain}/{f.name.removesuffix('.parquet')}.json"
+        mkey = f.manifest_key
         merged_keys.add(mkey)
         version = manifests.get(mkey)
         if version is None:
@@ -549,10 +573,9 @@ def _check_manifests(
         except ValueError as exc:
             report.violate("readable", f"{mkey}: manifest is not JSON: {exc}")
             continue
-        assert f.rows is not None
-        if int(manifest.get("rows", -1)) != f.rows.height:
+        if "rows" in manifest and int(manifest["rows"]) != f.nrows:
             report.violate("readable", f"{f.version.key}: manifest says {manifest.get('rows')} rows, "
-                                       f"file holds {f.rows.height}")  # fmt: skip
+                                       f"file holds {f.nrows}")  # fmt: skip
     for mkey in manifests:
         if mkey not in merged_keys:
             report.violate("readable", f"{mkey}: manifest without its merged file")
@@ -653,6 +676,15 @@ def _check_merged(
     """Check 2: no row twice per merged grain, no de-dup key twice per file, each file = its period's rows."""
     identity = ["kafka_topic", "kafka_partition", "kafka_offset", "item_index"]
     for grain in MERGED_GRAINS:
+        for domain in DOMAINS:
+            dlq = [f.rows for f in latest if f.grain == grain and f.kind == "dlq" and f.domain == domain
+                   and f.rows is not None]  # fmt: skip
+            if dlq:
+                rows = pl.concat([_identity(r) for r in dlq], how="vertical_relaxed")
+                extra = rows.height - rows.unique().height
+                if extra:
+                    report.duplicates += extra
+                    report.violate("merged_duplicates", f"{domain} DLQ {grain} files: {extra} duplicate records")
         for domain in DOMAINS:
             merged = [f for f in latest if f.grain == grain and not f.dlq and f.domain == domain and f.rows is not None]
             if not merged:
