@@ -585,14 +585,18 @@ class Collector:
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         """Before letting partitions go: store what is buffered and commit it."""
         revoked = {(p.topic, p.partition) for p in partitions}
-        log.info("partitions revoked: flushing", extra={"partitions": sorted(f"{t}[{p}]" for t, p in revoked)})
-        deadline = time.monotonic() + min(30.0, self.settings.max_poll_interval_ms / 2000)
-        while len(self.buffer) and time.monotonic() < deadline:
-            if not self.flush(self.buffer.all(), reason="rebalance"):
-                time.sleep(min(1.0, max(0.0, self.backoff.next_attempt - time.monotonic())))
-        self.checkpoint(final=True)
-        if self.report_progress:
-            self.write_progress(revoked)
+        log.info("partitions revoked", extra={"partitions": sorted(f"{t}[{p}]" for t, p in revoked)})
+        # While stopping, shutdown() has already stored, committed and reported everything; this runs
+        # inside consumer.close(), where further consumer calls can abort the process (librdkafka
+        # callbacks nested in a callback), so only the local state is released.
+        if not self.stopping.is_set():
+            deadline = time.monotonic() + min(30.0, self.settings.max_poll_interval_ms / 2000)
+            while len(self.buffer) and time.monotonic() < deadline:
+                if not self.flush(self.buffer.all(), reason="rebalance"):
+                    time.sleep(min(1.0, max(0.0, self.backoff.next_attempt - time.monotonic())))
+            self.checkpoint(final=True)
+            if self.report_progress:
+                self.write_progress(revoked)
         dropped = self.buffer.drop_partitions(revoked)
         if dropped:
             log.warning("rows of revoked partitions not stored; the new owner re-reads them", extra={"rows": dropped})
@@ -602,7 +606,8 @@ class Collector:
                 self.engine.state.drop(topic, partition)
         self.tracker.forget(revoked)
         self.event_times.forget(revoked)
-        metrics.ASSIGNED_PARTITIONS.set(max(0, len(consumer.assignment()) - len(partitions)))
+        if not self.stopping.is_set():
+            metrics.ASSIGNED_PARTITIONS.set(max(0, len(consumer.assignment()) - len(partitions)))
 
     def _on_lost(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         """Partitions lost without a clean revoke: another member may own them, do not commit."""
