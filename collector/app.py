@@ -226,6 +226,7 @@ class Collector:
                 timestamps_ms=[m.timestamp()[1] for m in batch_messages],
             )
             decoded = decoder.decode(batch, now)
+            metrics.SEED.observe_rejects(decoder.domain.name, decoded.rejected)
             domain = decoder.domain.name
             rows = decoded.rows
             self.dlq.publish(decoder.domain, batch_messages, decoded.rejected, now)
@@ -283,6 +284,7 @@ class Collector:
         """Run the anomaly engine on a decoded batch: DLQ records and alarms out now, flagged rows back."""
         assert self.engine is not None
         evaluation = self.engine.evaluate(domain.name, rows, now)
+        metrics.SEED.observe(evaluation, self.engine.config, now)
         if evaluation.dlq.height:
             by_offset = {(m.partition(), m.offset()): m for m in messages}
             position = ["kafka_topic", "kafka_partition", "kafka_offset"]
@@ -319,6 +321,7 @@ class Collector:
         if self.sweep_enabled and now_mono >= self._next_sweep:
             self._next_sweep = now_mono + self.settings.sweep_interval_seconds
             alarms, dlq = self.engine.state.sweep(self.clock(), self.engine.dims, self.engine.config)
+            metrics.SEED.observe_sweep(alarms)
             for alarm in alarms.pipe(_alarm_dicts):
                 self.dlq.publish_alarm(alarm, None, None)
             for record in dlq.iter_rows(named=True):

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+from anomaly.seed_metrics import SeedMetrics
+
 REGISTRY = CollectorRegistry(auto_describe=True)
 
 MESSAGES_IN = Counter("fms_messages_consumed", "Messages consumed", ["domain"], registry=REGISTRY)
@@ -43,3 +45,5 @@ ANOMALIES = Counter("fms_anomaly_rows", "Stored rows flagged as anomalous", ["do
 FLAGGED = Counter("fms_flagged_messages", "Messages flagged or rejected by the anomaly engine", ["domain", "reason"],
                   registry=REGISTRY)
 DIM_RELOADS = Counter("fms_dimension_reloads", "Dimension table reloads", ["outcome"], registry=REGISTRY)
+# The seed-named per-domain metrics (SPEC §2.4), fed by the collector after each evaluated batch.
+SEED = SeedMetrics(REGISTRY)
