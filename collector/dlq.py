@@ -7,13 +7,14 @@ acknowledges it; a failed delivery is produced again, so nothing is committed be
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
-from confluent_kafka import KafkaError, Message, Producer
+from confluent_kafka import KafkaError, KafkaException, Message, Producer
 
 from collector import metrics
 from collector.offsets import OffsetTracker
@@ -108,15 +109,27 @@ class DlqPublisher:
             except BufferError:  # local queue full: serve callbacks, then try again
                 self._producer.poll(0.1)
 
-    def _send(self, record: DlqRecord, detected_at: datetime) -> None:
+    def _send(self, record: DlqRecord, detected_at: datetime, stand_in: bool = False) -> None:
+        """Produce one DLQ record; ``stand_in``: without the value (too large for the DLQ topic), its
+        size and SHA-256 in headers instead (the DLQ Parquet row keeps the bytes)."""
         tp = (record.source.topic() or "", record.source.partition() or 0)
         offset = record.source.offset() or 0
         self._tracker.dlq_sent(tp, offset)
+        value = record.source.value()
+        headers = record.headers(detected_at)
+        if stand_in:
+            headers += [("dlq.value.dropped", b"too large for the DLQ topic"),
+                        ("dlq.value.size", str(len(value or b"")).encode()),
+                        ("dlq.value.sha256", hashlib.sha256(value or b"").hexdigest().encode())]  # fmt: skip
+            value = None
 
         def on_delivery(err: KafkaError | None, _msg: Message) -> None:
             if err is None:
                 self._tracker.dlq_acknowledged(tp, offset)
                 metrics.DLQ_RECORDS.labels(record.domain.name, record.reason).inc()
+            elif err.code() == KafkaError.MSG_SIZE_TOO_LARGE and not stand_in:
+                self._tracker.dlq_acknowledged(tp, offset)  # the stand-in re-registers it
+                self._send(record, detected_at, stand_in=True)
             else:
                 log.warning("DLQ delivery failed, will retry", extra={"error": str(err), "topic": tp[0]})
                 self._failed.append((record, detected_at))
@@ -125,14 +138,23 @@ class DlqPublisher:
             try:
                 self._producer.produce(
                     record.domain.dlq_topic.name,
-                    value=record.source.value(),
+                    value=value,
                     key=record.source.key(),
-                    headers=record.headers(detected_at),
+                    headers=headers,
                     on_delivery=on_delivery,
                 )
                 return
             except BufferError:  # local queue full: serve callbacks, then try again
                 self._producer.poll(0.1)
+            except KafkaException as exc:
+                error = exc.args[0] if exc.args else None
+                if stand_in or not isinstance(error, KafkaError) or error.code() != KafkaError.MSG_SIZE_TOO_LARGE:
+                    raise
+                log.warning("DLQ record too large for its topic: sending it without the value",
+                            extra={"topic": tp[0], "offset": offset, "bytes": len(value or b"")})  # fmt: skip
+                self._tracker.dlq_acknowledged(tp, offset)
+                self._send(record, detected_at, stand_in=True)
+                return
 
     def retry_failed(self) -> None:
         """Produce again the records whose delivery failed (their offsets are still held back)."""

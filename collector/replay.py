@@ -78,7 +78,7 @@ def select_records(store: ObjectStore, request: ReplayRequest, scratch: Path) ->
         path = scratch / f"dlq-{i:05d}.parquet"
         store.get_file(key, str(path))
         paths.append(str(path))
-    where = ["TRUE"]
+    where = ["raw IS NOT NULL"]  # personal data is never stored, so never replayed
     params: list[object] = []
     if request.reasons:
         where.append(f"reason IN ({', '.join('?' for _ in request.reasons)})")

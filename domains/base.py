@@ -29,6 +29,10 @@ UNIT_MISMATCH = "unit_mismatch"
 
 UTC_MICROS = pl.Datetime("us", "UTC")
 
+# Start of the detail of a message rejected because it carries personal data (a raw IP address):
+# such a message is never stored, not even as a DLQ row (only its reason and position are).
+PERSONAL_DATA_DETAIL = "raw IP address in "
+
 # Provenance columns carried by every stored row (SPEC §2.1).
 PROVENANCE_SCHEMA: dict[str, pl.DataType] = {
     "item_index": pl.Int32(),

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import polars as pl
 
-from domains.base import INVALID_ENUM, SCHEMA_ERROR, Domain, RecordCheck, TopicSpec, one_of
+from domains.base import INVALID_ENUM, PERSONAL_DATA_DETAIL, SCHEMA_ERROR, Domain, RecordCheck, TopicSpec, one_of
 
 DEVICE_TYPES = ("env_sensor", "equipment_sensor", "robot", "gateway", "plc", "camera")
 
@@ -59,7 +59,7 @@ DOMAIN = Domain(
         RecordCheck(
             reason=SCHEMA_ERROR,
             fails=_holds_raw_ip(),
-            detail=pl.format("raw IP address in {} (only ip_address_hash, a hash, may be sent)",
+            detail=pl.format(PERSONAL_DATA_DETAIL + "{} (only ip_address_hash, a hash, may be sent)",
                              _fields_with_raw_ip().replace("", "ip_address_hash")),  # fmt: skip
         ),
         one_of("device_type", DEVICE_TYPES, INVALID_ENUM, "device_type"),

@@ -16,7 +16,7 @@ from datetime import datetime
 
 import polars as pl
 
-from domains.base import POSITION_KEY, PROVENANCE_SCHEMA, UTC_MICROS
+from domains.base import PERSONAL_DATA_DETAIL, POSITION_KEY, PROVENANCE_SCHEMA, UTC_MICROS
 
 DLQ_DIR = "_dlq"
 
@@ -29,7 +29,7 @@ DLQ_ROW_SCHEMA: dict[str, pl.DataType] = {
     "entity_id": pl.String(),
     "detected_at": UTC_MICROS,
     "kafka_key": pl.Binary(),
-    "raw": pl.Binary(),  # the message value exactly as consumed
+    "raw": pl.Binary(),  # the message value as consumed (null if it carried personal data)
     "decoded": pl.String(),  # the decoded row as JSON when decoding got that far, else null
     **PROVENANCE_SCHEMA,
 }
@@ -52,11 +52,13 @@ def dlq_rows(
 
     ``records``: (topic, partition, offset, kafka timestamp ms, key, value) per message;
     ``reasons``: (reason, detail, rejected, entity id, decoded JSON, event time) for the same messages.
+    A message rejected for carrying personal data keeps only its reason, detail and position.
     """
     if len(records) != len(reasons):
         raise ValueError("records and reasons differ in length")
     kafka_ts = [datetime.fromtimestamp(r[3] / 1000, tz=detected_at.tzinfo) if r[3] > 0 else detected_at
                 for r in records]  # fmt: skip
+    personal = [r[1].startswith(PERSONAL_DATA_DETAIL) for r in reasons]
     frame = pl.DataFrame(
         {
             "timestamp": [event or kts for (*_, event), kts in zip(reasons, kafka_ts, strict=True)],
@@ -64,11 +66,11 @@ def dlq_rows(
             "reason": [r[0] for r in reasons],
             "detail": [r[1] for r in reasons],
             "rejected": [r[2] for r in reasons],
-            "entity_id": [r[3] for r in reasons],
+            "entity_id": [None if p else r[3] for r, p in zip(reasons, personal, strict=True)],
             "detected_at": [detected_at] * len(records),
-            "kafka_key": [r[4] for r in records],
-            "raw": [r[5] for r in records],
-            "decoded": [r[4] for r in reasons],
+            "kafka_key": [None if p else r[4] for r, p in zip(records, personal, strict=True)],
+            "raw": [None if p else r[5] for r, p in zip(records, personal, strict=True)],
+            "decoded": [None if p else r[4] for r, p in zip(reasons, personal, strict=True)],
             "item_index": [0] * len(records),
             "kafka_topic": [r[0] for r in records],
             "kafka_partition": [r[1] for r in records],

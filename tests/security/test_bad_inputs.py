@@ -202,12 +202,6 @@ def test_no_raw_ip_address_reaches_fact_files(corpus_run: CorpusRun) -> None:
     assert device_rows > 0  # device_status rows were stored, just none with a raw IP
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="collector + domains.dlq: rejected messages are also filed as Parquet under <domain>/_dlq/minute/ with "
-    "their raw bytes ('raw'), decoded JSON and entity id, so a device_status message rejected for carrying a raw IP "
-    "puts that IP in object storage",
-)
 def test_no_raw_ip_address_reaches_any_stored_object(corpus_run: CorpusRun) -> None:
     """Every object in the bucket, including anything filed beside the facts and engine state."""
     for path in sorted(p for p in corpus_run.data.rglob("*") if p.is_file()):
@@ -248,12 +242,6 @@ def test_object_keys_never_come_from_message_content(corpus_run: CorpusRun) -> N
     assert set(HOSTILE_IDS) <= stored_ids
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="collector.dlq: a DLQ record (rejected message or flagged copy) over the DLQ producer's "
-    "message.max.bytes (1 MB default) makes produce() raise KafkaException(MSG_SIZE_TOO_LARGE), which escapes "
-    "the main loop: the collector dies, and dies again on the same offset after every restart (poison pill)",
-)
 def test_oversized_dlq_records_do_not_kill_the_collector(tmp_path: Path) -> None:
     start = (datetime.now(UTC) - timedelta(minutes=30)).replace(second=0, microsecond=0)
     entries = oversized_dlq_records(start)
