@@ -166,6 +166,16 @@ class Domain:
         return (self.entity_key, "timestamp", "kafka_partition", "kafka_offset", "item_index")
 
 
+def finite(column: str, path: str) -> RecordCheck:
+    """schema_error when a measured value is NaN or infinite (Avro doubles can carry them; they would
+    turn every sum -- energy cost, carbon, statistics -- into NaN or infinity)."""
+    return RecordCheck(
+        reason=SCHEMA_ERROR,
+        fails=pl.col(column).is_not_null() & ~pl.col(column).is_finite(),
+        detail=pl.format(f"{path} is not a finite number ({{}})", pl.col(column)),
+    )
+
+
 def one_of(column: str, allowed: frozenset[str] | tuple[str, ...], reason: str, path: str) -> RecordCheck:
     """A check that ``column`` holds one of ``allowed`` (nulls are left to the required-field check)."""
     choices = "|".join(sorted(allowed))

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from domains.base import Domain, TopicSpec, unit_catalog_check
+from domains.base import Domain, TopicSpec, finite, unit_catalog_check
 
 # Units each energy type may be reported in (convertible to its standard unit through
 # dim_energy_type). Any other unit for a known type is a unit_mismatch.
@@ -23,5 +23,5 @@ DOMAIN = Domain(
     schema_id=103,
     entity_key="equipment_id",
     dedup_key=("equipment_id", "energy_type", "timestamp"),
-    checks=(unit_catalog_check("energy_type", ENERGY_UNITS, "energy_type"),),
+    checks=(finite("usage", "usage"), unit_catalog_check("energy_type", ENERGY_UNITS, "energy_type"),),
 )

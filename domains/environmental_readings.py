@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from domains.base import Domain, TopicSpec, unit_catalog_check
+from domains.base import Domain, TopicSpec, finite, unit_catalog_check
 
 # Expected unit per sensor type (the repo's default; dim_env_threshold.expected_unit refines it).
 SENSOR_UNITS: dict[str, tuple[str, ...]] = {
@@ -24,5 +24,8 @@ DOMAIN = Domain(
     entity_key="location",
     dedup_key=("sensor_id", "timestamp"),
     explode="readings",
-    checks=(unit_catalog_check("sensor_type", SENSOR_UNITS, "readings[].sensor_type"),),
+    checks=(
+        finite("value", "readings[].value"),
+        unit_catalog_check("sensor_type", SENSOR_UNITS, "readings[].sensor_type"),
+    ),
 )

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from domains.base import SCHEMA_ERROR, Domain, TopicSpec, one_of
+from domains.base import SCHEMA_ERROR, Domain, TopicSpec, finite, one_of
 
 SENSOR_QUALITIES = ("good", "bad", "uncertain")
 
@@ -19,5 +19,8 @@ DOMAIN = Domain(
     flatten=("status",),
     timestamp_fields=("timestamp", "status_changed_at", "ingestion_timestamp"),
     # The equipment DLQ has no invalid_enum reason (SPEC §2.2): a bad quality is a schema error.
-    checks=(one_of("quality", SENSOR_QUALITIES, SCHEMA_ERROR, "metrics[].quality"),),
+    checks=(
+        finite("value", "metrics[].value"),
+        one_of("quality", SENSOR_QUALITIES, SCHEMA_ERROR, "metrics[].quality"),
+    ),
 )

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from domains.base import Domain, TopicSpec, unit_catalog_check
+from domains.base import Domain, TopicSpec, finite, unit_catalog_check
 
 # Unit of each known inspection item (the repo's default dim_inspection_item). An unknown item is
 # not rejected here: the anomaly engine marks it threshold_missing.
@@ -29,5 +29,8 @@ DOMAIN = Domain(
     entity_key="equipment_id",
     dedup_key=("batch_id", "item_id", "timestamp"),
     explode="inspection_items",
-    checks=(unit_catalog_check("item_id", ITEM_UNITS, "inspection_items[].item_id"),),
+    checks=(
+        finite("value", "inspection_items[].value"),
+        unit_catalog_check("item_id", ITEM_UNITS, "inspection_items[].item_id"),
+    ),
 )

@@ -275,7 +275,7 @@ def build_corpus(start: datetime, seed: int = 8, huge_array: int = 25_000, big_b
         add("avro: NaN / infinity battery_level", "robot_status",
             avro("robot_status", _with(rec("robot_status"), "battery_level", value)), dlq(UNIT_VIOLATION))  # fmt: skip
         add("avro: NaN / infinity measurement", "energy_usage",
-            avro("energy_usage", _with(rec("energy_usage"), "usage", value)), stored(1))  # fmt: skip
+            avro("energy_usage", _with(rec("energy_usage"), "usage", value)), dlq())  # fmt: skip
     add("unknown enum: robot status", "robot_status",
         avro("robot_status", _with(rec("robot_status"), "status.current", "flying")), dlq(INVALID_ENUM))  # fmt: skip
     add("unknown enum: device_type", "device_status",
