@@ -1,8 +1,9 @@
 """The seed-named Prometheus metrics (SPEC §2.4), updated from every evaluated batch.
 
-The collector calls :meth:`SeedMetrics.observe` once per evaluated batch (one polars aggregation
-per batch and domain, then a loop over the few aggregated groups), :meth:`SeedMetrics.observe_rejects`
-with the decoder's rejects, and :meth:`SeedMetrics.observe_sweep` with the offline sweep's alarms.
+The collector (``collector.metrics.SEED``) calls :meth:`SeedMetrics.observe` once per evaluated batch
+(one polars aggregation per batch and domain, then a loop over the few aggregated groups; robots and
+QC add one step over a small per-entity state), :meth:`SeedMetrics.observe_rejects` with the
+decoder's rejects, and :meth:`SeedMetrics.observe_sweep` with the offline sweep's alarms.
 What is counted is what the engine keeps: the stored fact rows (``Evaluation.rows``) and the
 engine's rejections, so every count can be recomputed from the Parquet files (and the DLQ files).
 
@@ -50,16 +51,18 @@ energy_usage
     (usage × carbon_factor).
 robot_status
     ``robot_state_error_count{location}`` counter: reports with status.current = error.
-    ``robot_battery_low_alerts{location}`` counter: reports with battery_level < 20 (each one alarms).
+    ``robot_battery_low_alerts{location}`` counter: reports with battery_level < 20
+    (``EngineConfig.robot_battery_low``; each such report raises an alarm).
     ``robot_state_transition_rate`` gauge: status changes per robot-hour: changes between a robot's
-    consecutive reports / hours between consecutive reports (``robot_state_transitions_total{from,to}``,
-    ``robot_observed_seconds_total``).
+    consecutive reports (by event time) / hours between consecutive reports
+    (``robot_state_transitions_total{from,to}``, ``robot_observed_seconds_total``).
     ``robot_offline_timeout_count{location}`` counter: offline alarms of the periodic sweep.
     ``robot_avg_battery_drain_per_hour`` gauge, % per hour: battery drop between consecutive reports of a
     robot that is not charging and whose level did not rise / the hours between them
-    (``robot_battery_drained_percent_total``, ``robot_discharging_seconds_total``). Approximate: pairs
-    further apart than the offline timeout (10 min) are silences and ignored, and the last report
-    before a restart is not paired with the first after it.
+    (``robot_battery_drained_percent_total``, ``robot_discharging_seconds_total``). Both are
+    approximate: two reports further apart than the offline timeout (10 min) still count a status
+    change but add no time or drain (a silence is not observed time); the last report per robot is
+    kept in memory only, so after a restart or a partition move a robot's first report is not paired.
     ``robot_status_enum_violation`` counter: messages rejected as invalid_enum (status outside
     idle|moving|charging|error).
 environmental_readings
@@ -78,7 +81,9 @@ device_status
     ``device_latency_p95{device_type}`` gauge, seconds: the 95th percentile of latency_ms over the last
     5 minutes, interpolated from ``device_latency_seconds{device_type}`` histogram buckets exactly as
     ``histogram_quantile(0.95, sum by (le, device_type) (rate(device_latency_seconds_bucket[5m])))``
-    does — the histogram is the Prometheus way; the gauge is for dashboards without that query.
+    does — the histogram is the Prometheus way; the gauge is for dashboards without that query. It is
+    refreshed when device reports arrive (minutes by the collector's clock) and keeps its last value
+    while none do.
     ``device_ping_failure_count{device_type}`` counter: reports with ping_success = false.
     ``device_error_code_distribution{error_code,severity}`` counter: reports per error code, with the
     severity of dim_device_error_code (``none`` for an unknown code).
@@ -111,7 +116,6 @@ LATENCY_BUCKETS: tuple[float, ...] = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.15
                                       1.0, 2.5, 5.0)  # fmt: skip
 LATENCY_WINDOW = timedelta(minutes=5)
 
-_MESSAGE = pl.struct("kafka_partition", "kafka_offset")
 _NO_THRESHOLD = pl.col("threshold_min").is_null() & pl.col("threshold_max").is_null()
 _ANOMALY = pl.col("anomaly").fill_null(False)
 
@@ -400,20 +404,18 @@ class SeedMetrics:
 
     @staticmethod
     def _late(config: EngineConfig) -> pl.Expr:
-        """1 on the first row of each late message (so a sum counts messages), else 0."""
+        """Late messages, counted once each: on their item 0 (the decoder rejects empty arrays and the
+        engine keeps or rejects whole messages, so every kept message has exactly one row with item 0)."""
         late = ((pl.col("ingestion_timestamp") - pl.col("timestamp")) > config.late_after).fill_null(False)
-        return (late & _MESSAGE.is_first_distinct()).cast(pl.Int64)
+        return (late & (pl.col("item_index") == 0)).sum()
 
     def _count_late(self, domain: str, total: int) -> None:
         if domain in LATE_ARRIVAL_DOMAINS and total:
             self.late_arrival_count.labels(domain).inc(total)
 
     def _equipment(self, rows: pl.DataFrame, config: EngineConfig, now: datetime) -> None:
-        agg = (
-            rows.with_columns(_late=self._late(config))
-            .group_by("location", "sensor_type")
-            .agg(n=pl.len(), anomalous=_ANOMALY.sum(), late=pl.col("_late").sum())
-        )
+        agg = rows.group_by("location", "sensor_type").agg(n=pl.len(), anomalous=_ANOMALY.sum(),
+                                                           late=self._late(config))  # fmt: skip
         for location, sensor_type, n, anomalous, _late in agg.iter_rows():
             labels = (self._l("equipment", "location", location), self._l("equipment", "sensor_type", sensor_type))
             self.equipment_anomaly_rate.add(labels, anomalous, n)
@@ -421,9 +423,8 @@ class SeedMetrics:
 
     def _qc(self, rows: pl.DataFrame, config: EngineConfig, now: datetime) -> None:
         agg = (
-            rows.with_columns(_late=self._late(config))
-            .group_by("location", "product_code")
-            .agg(n=pl.len(), defects=_ANOMALY.sum(), missing=_NO_THRESHOLD.sum(), late=pl.col("_late").sum())
+            rows.group_by("location", "product_code")
+            .agg(n=pl.len(), defects=_ANOMALY.sum(), missing=_NO_THRESHOLD.sum(), late=self._late(config))
         )
         for location, product, n, defects, missing, _late in agg.iter_rows():
             labels = (self._l("qc", "location", location), self._l("qc", "product_code", product))
@@ -457,13 +458,9 @@ class SeedMetrics:
         peak = pl.lit(False)
         for start, end in config.peak_hours:
             peak = peak | ((hour >= start) & (hour < end))
-        agg = (
-            rows.with_columns(_late=self._late(config))
-            .group_by("energy_type", "standard_unit", "location")
-            .agg(
-                usage=_positive("usage_std"), cost=_positive("cost"), carbon=_positive("carbon_g"),
-                peak_over=(_ANOMALY & peak).sum(), off_peak_over=(_ANOMALY & ~peak).sum(), late=pl.col("_late").sum(),
-            )
+        agg = rows.group_by("energy_type", "standard_unit", "location").agg(
+            usage=_positive("usage_std"), cost=_positive("cost"), carbon=_positive("carbon_g"),
+            peak_over=(_ANOMALY & peak).sum(), off_peak_over=(_ANOMALY & ~peak).sum(), late=self._late(config),
         )  # fmt: skip
         for energy_type, unit, location, usage, cost, carbon, peak_over, off_peak_over, _late in agg.iter_rows():
             kind, place = self._l("energy", "energy_type", energy_type), self._l("energy", "location", location)
@@ -538,16 +535,12 @@ class SeedMetrics:
 
     def _environment(self, rows: pl.DataFrame, config: EngineConfig, now: datetime) -> None:
         temperature = pl.col("sensor_type") == "temperature"
-        agg = (
-            rows.with_columns(_late=self._late(config))
-            .group_by("location", "sensor_type")
-            .agg(
-                n=pl.len(), anomalies=_ANOMALY.sum(), missing=_NO_THRESHOLD.sum(),
-                co2_over=((pl.col("sensor_type") == config.co2_sensor_type) & (pl.col("value") > 1000.0)).sum(),
-                too_hot=(temperature & _ANOMALY & (pl.col("anomaly_rule") == "max_threshold")).sum(),
-                too_cold=(temperature & _ANOMALY & (pl.col("anomaly_rule") == "min_threshold")).sum(),
-                late=pl.col("_late").sum(),
-            )
+        agg = rows.group_by("location", "sensor_type").agg(
+            n=pl.len(), anomalies=_ANOMALY.sum(), missing=_NO_THRESHOLD.sum(),
+            co2_over=((pl.col("sensor_type") == config.co2_sensor_type) & (pl.col("value") > 1000.0)).sum(),
+            too_hot=(temperature & _ANOMALY & (pl.col("anomaly_rule") == "max_threshold")).sum(),
+            too_cold=(temperature & _ANOMALY & (pl.col("anomaly_rule") == "min_threshold")).sum(),
+            late=self._late(config),
         )  # fmt: skip
         per_location: dict[str, list[int]] = {}
         for location, sensor_type, n, anomalies, missing, co2_over, too_hot, too_cold, _late in agg.iter_rows():
@@ -576,16 +569,17 @@ class SeedMetrics:
             timeouts=(pl.col("anomaly_rule") == OFFLINE_TIMEOUT).fill_null(False).sum(),
             latency_n=latency_s.count(), latency_sum=latency_s.sum(),
         )  # fmt: skip
-        for location, timeouts in agg.group_by("location").agg(pl.col("timeouts").sum()).iter_rows():
+        by_location = agg.group_by("location").agg(pl.col("timeouts").sum())
+        codes = agg.filter(pl.col("error_code").is_not_null()).group_by("error_code", "error_severity").agg(
+            pl.col("n").sum())
+        per_type = agg.group_by("device_type").agg(pl.exclude("location", "error_code", "error_severity").sum())
+        for location, timeouts in by_location.iter_rows():
             if timeouts:
                 self.device_offline_timeout_count.labels(self._l("device_offline", "location", location),
                                                          "report").inc(timeouts)  # fmt: skip
-        codes = agg.filter(pl.col("error_code").is_not_null()).group_by("error_code", "error_severity").agg(
-            pl.col("n").sum())
         for code, severity, n in codes.iter_rows():
             self.device_error_code_distribution.labels(self._l("device", "error_code", code),
                                                        self._l("device", "severity", severity)).inc(n)  # fmt: skip
-        per_type = agg.group_by("device_type").agg(pl.exclude("location", "error_code", "error_severity").sum())
         minute = int(now.timestamp() // 60)
         window = int(LATENCY_WINDOW.total_seconds() // 60)
         for row in per_type.iter_rows(named=True):
