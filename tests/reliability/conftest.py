@@ -14,14 +14,25 @@ from tests.reliability.harness import Scenario
 
 
 @pytest.fixture
+def broker(tmp_path: Path) -> Iterator[TansuBroker]:
+    """A fresh in-memory Tansu with every topic, killed (not stopped: it takes 5 s to stop) at the end."""
+    broker = TansuBroker(log_dir=tmp_path).start()
+    try:
+        create_topics(broker.bootstrap)
+        yield broker
+    finally:
+        broker.kill()
+
+
+@pytest.fixture
 def scenario_factory(
-    kafka: TansuBroker, moto_server: MotoS3Server, tmp_path: Path
+    broker: TansuBroker, moto_server: MotoS3Server, tmp_path: Path
 ) -> Iterator[Callable[..., Scenario]]:
     """Build scenarios (``endpoint=`` points the collectors at a proxy); all are closed at the end."""
     made: list[Scenario] = []
 
     def make(**kwargs: object) -> Scenario:
-        scenario = Scenario(kafka.bootstrap, moto_server, tmp_path, **kwargs)  # type: ignore[arg-type]
+        scenario = Scenario(broker.bootstrap, moto_server, tmp_path, **kwargs)  # type: ignore[arg-type]
         made.append(scenario)
         return scenario
 
@@ -41,9 +52,12 @@ def scenario(scenario_factory: Callable[..., Scenario]) -> Scenario:
 @pytest.fixture
 def persistent_broker(moto_server: MotoS3Server, tmp_path: Path) -> Iterator[PersistentTansu]:
     """A Tansu broker on S3 storage (survives a restart) with every topic created."""
-    with PersistentTansu(moto_server, log_dir=tmp_path) as broker:
+    broker = PersistentTansu(moto_server, log_dir=tmp_path).start()
+    try:
         create_topics(broker.bootstrap)
         yield broker
+    finally:
+        broker.kill()
 
 
 @pytest.fixture
@@ -56,3 +70,14 @@ def persistent_scenario(
         yield scenario
     finally:
         scenario.close()
+
+
+@pytest.fixture
+def checking_broker(moto_server: MotoS3Server, tmp_path: Path) -> Iterator[PersistentTansu]:
+    """A Tansu on S3 storage with a schema registry, so that a topic can be made to refuse records."""
+    broker = PersistentTansu(moto_server, schema_registry=True, log_dir=tmp_path).start()
+    try:
+        create_topics(broker.bootstrap)
+        yield broker
+    finally:
+        broker.kill()

@@ -202,6 +202,7 @@ class Scenario:
         self.produced: list[Produced] = []
         self.producer = TrackedProducer(bootstrap, self.produced)
         self.processes: list[CollectorProcess] = []
+        self.supervisors: list[Supervisor] = []
         self.sampler = CommitSampler(bootstrap, group, self.topics).start()
         self.report: OracleReport | None = None
         self.started = time.monotonic()
@@ -356,6 +357,8 @@ class Scenario:
 
     def close(self) -> None:
         """Kill whatever is left (SIGCONT first, for stopped processes)."""
+        for supervisor in self.supervisors:
+            supervisor.stop()
         for process in self.processes:
             if process.proc is not None and process.proc.poll() is None:
                 os.kill(process.proc.pid, signal.SIGCONT)
@@ -370,6 +373,7 @@ class Supervisor:
         self.scenario, self.name, self.backoff, self.env = scenario, name, backoff, env
         self.exits: list[int] = []
         self.current = scenario.collector(f"{name}0", **env)
+        scenario.supervisors.append(self)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="supervisor", daemon=True)
         self._thread.start()

@@ -21,8 +21,8 @@ offsets sampled during the run (:class:`CommitSampler`). :func:`check` verifies:
    the sample when the view has history (an object version holding it was written before), else in
    the final state; a partition's committed offset never moves backwards;
 6. **stable keys** -- every version of a minute-file key holds the same positions; a rewritten
-   merged file keeps every row of its previous version; a fenced writer (a zombie) wrote nothing
-   after the moment it was fenced.
+   merged file keeps every row of its previous version; a fenced writer (a zombie, inside the time
+   window it had lost its partitions) overwrote no file another writer had written.
 
 The result is an :class:`OracleReport` with counts and a readable list of the first violations.
 """
@@ -471,12 +471,13 @@ def check(
     local_root: Path | None = None,
     calendar: Calendar | None = None,
     strict_reasons: bool = True,
-    fenced: Mapping[str, float] | None = None,
+    fenced: Mapping[str, tuple[float, float]] | None = None,
     allow_backwards: Callable[[TP, CommitSample, CommitSample], bool] | None = None,
 ) -> OracleReport:
     """Run the six checks; see the module docstring. ``strict_reasons``: the decoder's outcome must be
     the generator's expectation (rows vs DLQ reason), as with the anomaly engine off. ``fenced``:
-    writer id -> epoch seconds after which it must not have written anything. ``allow_backwards``
+    writer id -> (from, until) epoch seconds during which it had lost its partitions and must not
+    overwrite another writer's file. ``allow_backwards``
     may excuse a committed offset moving back (e.g. a broker that lost its offsets), else it is a
     violation."""
     report = OracleReport(produced=len(produced), history=view.history, samples=len(samples))
@@ -790,16 +791,22 @@ def _check_commits(
                     break
 
 
-def _check_stable_keys(files: list[_File], fenced: Mapping[str, float], report: OracleReport) -> None:
-    """Check 6: a minute key's versions hold the same positions; merged rewrites keep rows; fenced writers silent."""
+def _check_stable_keys(files: list[_File], fenced: Mapping[str, tuple[float, float]], report: OracleReport) -> None:
+    """Check 6: a minute key's versions hold the same positions; merged rewrites keep rows; a fenced
+    writer overwrote nobody."""
     by_key: dict[str, list[_File]] = defaultdict(list)
     for f in files:
         if not f.version.deleted and f.rows is not None:
             by_key[f.version.key].append(f)
-        if f.writer in fenced and f.version.modified > fenced[f.writer] + DURABLE_SLACK_S:
-            report.violate("stable_keys", f"{f.version.key}: written by fenced writer {f.writer} "
-                                          f"{f.version.modified - fenced[f.writer]:.1f} s after it was fenced")
     for key, versions in by_key.items():
+        for i, v in enumerate(versions):
+            window = fenced.get(v.writer or "")
+            if window is None or not window[0] - DURABLE_SLACK_S <= v.version.modified <= window[1] + DURABLE_SLACK_S:
+                continue
+            others = {o.writer for o in versions[:i] if o.writer != v.writer}
+            if others:
+                report.violate("stable_keys", f"{key}: fenced writer {v.writer} overwrote the file of {sorted(others)} "
+                                              f"{v.version.modified - window[0]:.1f} s after it was fenced")
         if len(versions) < 2:
             continue
         sets = [set(_identity(v.rows).iter_rows()) for v in versions if v.rows is not None]
