@@ -60,10 +60,10 @@ def add_partitions_and_wait(broker: PersistentTansu, scenario: Scenario, timeout
     assert new <= scenario.ends().keys()
     started = time.monotonic()
     scenario.wait_caught_up(collector, timeout=timeout)
-    committed = scenario.committed()
-    assert all(committed[tp] == 40 for tp in new), f"new partitions not read from offset 0: {committed}"
-    print(f"new partitions read from offset 0 after {time.monotonic() - started:.0f} s")
-    scenario.finish()
+    waited = time.monotonic() - started
+    assert {p.offset for p in scenario.produced if (p.message.topic, p.partition) in new} >= set(range(40))
+    report = scenario.finish()  # every offset of the new partitions, from 0, is stored or in the DLQ
+    print(f"new partitions read from offset 0 after {waited:.0f} s; {report.summary()}")
 
 
 @pytest.mark.xfail(

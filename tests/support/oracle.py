@@ -473,13 +473,15 @@ def check(
     strict_reasons: bool = True,
     fenced: Mapping[str, tuple[float, float]] | None = None,
     allow_backwards: Callable[[TP, CommitSample, CommitSample], bool] | None = None,
+    commit_floor: Mapping[TP, int] | None = None,
 ) -> OracleReport:
     """Run the six checks; see the module docstring. ``strict_reasons``: the decoder's outcome must be
     the generator's expectation (rows vs DLQ reason), as with the anomaly engine off. ``fenced``:
     writer id -> (from, until) epoch seconds during which it had lost its partitions and must not
     overwrite another writer's file. ``allow_backwards``
     may excuse a committed offset moving back (e.g. a broker that lost its offsets), else it is a
-    violation."""
+    violation. ``commit_floor``: per partition, offsets below it belong to another loader (the
+    backfill, below the realtime group's start boundary) and are exempt from check 5 (not from 1)."""
     report = OracleReport(produced=len(produced), history=view.history, samples=len(samples))
     calendar = calendar or Calendar()
     versions = view.versions()
@@ -498,9 +500,10 @@ def check(
     _check_manifests(view, latest, manifests, report)
 
     facts = _union_rows(latest)
-    _check_accounting(by_pos, facts, dlq, strict_reasons, report)
+    collapsed = _collapsed_by_key(by_pos, facts, [f for f in files if f.kind == "facts" and f.rows is not None])
+    _check_accounting(by_pos, facts, dlq, strict_reasons, report, collapsed)
     _check_merged(latest, facts, calendar, report)
-    _check_commits(by_pos, facts, files, dlq, samples, view.history, report, allow_backwards)
+    _check_commits(by_pos, facts, files, dlq, samples, view.history, report, allow_backwards, commit_floor or {})
     _check_stable_keys(files, fenced or {}, report)
     return report
 
@@ -609,6 +612,7 @@ def _check_accounting(
     dlq: Sequence[DlqRecord],
     strict: bool,
     report: OracleReport,
+    collapsed: set[Position],
 ) -> None:
     """Check 1: each produced offset is in exactly one of {fact rows, rejected DLQ records}."""
     items: dict[Position, set[int]] = defaultdict(set)
@@ -646,8 +650,8 @@ def _check_accounting(
                                          f"({records[0].reason})")  # fmt: skip
         elif not stored and not records:
             original = originals.get((m.topic, m.key, m.value))
-            if m.fault == "duplicate" and original is not None and original in items:
-                report.collapsed += 1  # a byte-identical copy merged away by its de-dup key
+            if (m.fault == "duplicate" and original is not None and original in items) or pos in collapsed:
+                report.collapsed += 1  # its rows were stored, then merged away: their de-dup keys are kept
                 continue
             report.losses += 1
             report.violate("accounting", f"{where}: lost (neither in fact files nor in the DLQ)")
@@ -669,6 +673,37 @@ def _check_accounting(
         report.violate("accounting", f"{pos[0]}[{pos[1]}]@{pos[2]}: stored rows for an offset never produced")
     for pos in rejected.keys() - by_pos.keys():
         report.violate("accounting", f"{pos[0]}[{pos[1]}]@{pos[2]}: DLQ record for an offset never produced")
+
+
+def _collapsed_by_key(
+    by_pos: dict[Position, Produced], facts: dict[str, pl.DataFrame], versions: list[_File]
+) -> set[Position]:
+    """Messages no longer visible whose rows were stored once (an older object version) and whose every
+    de-dup key is still visible at another position: the merger kept the first row of each key (SPEC §3),
+    as it must. Needs history (every object version); without it such a message counts as lost."""
+    position = ["kafka_topic", "kafka_partition", "kafka_offset"]
+    visible = {pos for frame in facts.values() for pos in frame.select(position).unique().iter_rows()}
+    missing = [pos for pos in by_pos if pos not in visible]
+    if not missing:
+        return set()
+    gone = pl.DataFrame(missing, schema={"kafka_topic": pl.String, "kafka_partition": pl.Int32,
+                                         "kafka_offset": pl.Int64}, orient="row")  # fmt: skip
+    out: set[Position] = set()
+    for domain, current in facts.items():
+        keys = list(DOMAINS[domain].dedup_key)
+        frames = [f.rows for f in versions if f.domain == domain and f.rows is not None]
+        if not frames:
+            continue
+        cols = list(dict.fromkeys([*position, "item_index", *keys]))
+        history = pl.concat([fr.select(cols) for fr in frames], how="vertical_relaxed").unique()
+        once = history.join(gone, on=position, how="semi")
+        if not once.height:
+            continue
+        kept = current.select(keys).unique()
+        uncovered = once.join(kept, on=keys, how="anti").select(position).unique()
+        candidates = once.select(position).unique().join(uncovered, on=position, how="anti")
+        out.update(candidates.iter_rows())
+    return out
 
 
 def _check_merged(
@@ -737,6 +772,7 @@ def _check_commits(
     history: bool,
     report: OracleReport,
     allow_backwards: Callable[[TP, CommitSample, CommitSample], bool] | None,
+    floor: Mapping[TP, int],
 ) -> None:
     """Check 5: nothing below a committed offset was missing (at the sample's time when we have history)."""
     if not samples:
@@ -779,6 +815,8 @@ def _check_commits(
             for offset in offsets_by_tp.get(tp, []):
                 if offset >= committed:
                     break
+                if offset < floor.get(tp, 0):
+                    continue
                 at = durable_at.get((tp[0], tp[1], offset))
                 if by_pos[(tp[0], tp[1], offset)].message.fault == "duplicate" and at is None:
                     continue  # collapsed copy: accounted in check 1
