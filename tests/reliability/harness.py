@@ -83,18 +83,22 @@ class TrackedProducer:
         self.errors: list[str] = []
         self._lock = threading.Lock()
 
-    def send(self, messages: Iterable[GeneratedMessage], partition: int | None = None, backdate: bool = True) -> None:
+    def send(self, messages: Iterable[GeneratedMessage], partition: int | None = None, timestamps: str = "recent"
+             ) -> None:  # fmt: skip
         """Queue messages (keyed by entity, or to ``partition``); delivery reports fill the sink.
 
-        ``backdate``: a message whose event time is more than 20 minutes old gets a Kafka timestamp
-        20 minutes in the past (inside the topic's retention), so that the collector files what it
-        cannot decode under a minute that is already over, as it does with the rows of such messages,
-        instead of holding the partition's commit until the current minute ends.
+        ``timestamps`` sets the Kafka timestamps: ``"recent"`` gives a message whose event time is more
+        than 20 minutes old a timestamp 20 minutes in the past (inside the topic's retention), so the
+        collector files what it cannot decode under a minute that is already over, as it does with the
+        rows of such messages, instead of holding the partition's commit until the current minute ends;
+        ``"event"``: the event time itself; ``"now"``: the producer's clock.
         """
         now_ms = int(time.time() * 1000)
         for m in messages:
             event_ms = int(m.event_time.timestamp() * 1000)
-            timestamp_ms = now_ms - 20 * 60_000 if backdate and event_ms < now_ms - 20 * 60_000 else None
+            timestamp_ms = {"recent": now_ms - 20 * 60_000 if event_ms < now_ms - 20 * 60_000 else None,
+                            "event": event_ms, "now": None}[timestamps]  # fmt: skip
+
             def callback(err: KafkaError | None, msg: Message, m: GeneratedMessage = m) -> None:
                 if err is not None:
                     self.errors.append(str(err))
