@@ -7,7 +7,6 @@ place where the commit protocol lives.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import random
@@ -27,7 +26,7 @@ from collector import metrics
 from collector.buffer import DLQ, Bucket, MinuteBuffer
 from collector.dlq import DlqPublisher
 from collector.http import HealthState, serve
-from collector.offsets import EventTimeTracker, OffsetTracker
+from collector.offsets import EventTimeTracker, OffsetTracker, PendingAgeTracker
 from collector.parquet import encode_rows, verify
 from common.errors import CollectorError, FatalError, TransientError
 from common.layout import minute_key, position_suffix
@@ -89,6 +88,9 @@ class Collector:
         self.buffer = MinuteBuffer()
         self.tracker = OffsetTracker()
         self.event_times = EventTimeTracker()
+        self.pending_ages = PendingAgeTracker()
+        self._next_lag = 0.0
+        self._retention_warned = 0.0
         self._next_progress = 0.0
         self._partition_counts: dict[str, int] = {}
         self.health = HealthState(stall_seconds=max(60.0, settings.shutdown_timeout_seconds))
@@ -116,8 +118,8 @@ class Collector:
                 "session.timeout.ms": settings.session_timeout_ms,
                 "max.poll.interval.ms": settings.max_poll_interval_ms,
                 "fetch.wait.max.ms": 100,  # alarms within the SLA: do not let the broker hold a fetch 500 ms
-                "statistics.interval.ms": 5000,
-                "stats_cb": self._on_stats,
+                # New partitions of a subscribed topic are found by the metadata refresh (default 5 min).
+                "topic.metadata.refresh.interval.ms": 30_000,
                 "error_cb": self._on_kafka_error,
             }
         )
@@ -182,6 +184,9 @@ class Collector:
             self.checkpoint()
         if self.engine is not None:
             self.maintain_engine()
+        if time.monotonic() >= self._next_lag:
+            self._next_lag = time.monotonic() + 5.0
+            self.update_lag()
         if self.report_progress and time.monotonic() >= self._next_progress:
             self._next_progress = time.monotonic() + self.settings.watermark_interval_seconds
             self.write_progress({(p.topic, p.partition) for p in self.consumer.assignment()})
@@ -235,13 +240,19 @@ class Collector:
                 rows = self.evaluate(decoder.domain, rows, batch_messages, now)
             if self.settings.write_files:
                 self.buffer.add(domain, rows)
-            last: dict[int, int] = {}
-            for partition, offset in zip(batch.partitions, batch.offsets, strict=True):
-                last[partition] = offset
+            spans: dict[int, list[int]] = {}  # partition -> [first offset, last offset, oldest Kafka time ms]
+            for partition, offset, ts in zip(batch.partitions, batch.offsets, batch.timestamps_ms, strict=True):
+                span = spans.get(partition)
+                if span is None:
+                    spans[partition] = [offset, offset, ts]
+                else:
+                    span[1] = offset
+                    span[2] = min(span[2], ts)
             newest = self._newest_event_us(decoded.rows)
-            for partition, offset in last.items():
-                self.tracker.consumed((topic, partition), offset)
-                self.event_times.observe((topic, partition), offset, newest.get(partition))
+            for partition, (first, last, oldest_ms) in spans.items():
+                self.tracker.consumed((topic, partition), last)
+                self.event_times.observe((topic, partition), last, newest.get(partition))
+                self.pending_ages.observe((topic, partition), first, last, oldest_ms)
             metrics.MESSAGES_IN.labels(domain).inc(len(batch))
             metrics.ROWS_IN.labels(domain).inc(decoded.rows.height)
         metrics.BUFFERED_BYTES.set(self.buffer.nbytes)
@@ -609,6 +620,7 @@ class Collector:
                 self.engine.state.drop(topic, partition)
         self.tracker.forget(revoked)
         self.event_times.forget(revoked)
+        self.pending_ages.forget(revoked)
         if not self.stopping.is_set():
             metrics.ASSIGNED_PARTITIONS.set(max(0, len(consumer.assignment()) - len(partitions)))
 
@@ -618,6 +630,7 @@ class Collector:
         dropped = self.buffer.drop_partitions(lost)
         self.tracker.forget(lost)
         self.event_times.forget(lost)
+        self.pending_ages.forget(lost)
         if self.engine is not None:
             for topic, partition in lost:
                 self.engine.state.drop(topic, partition)
@@ -653,21 +666,39 @@ class Collector:
         else:
             log.warning("Kafka client error", extra={"error": error.str()})
 
-    def _on_stats(self, stats_json: str) -> None:
-        try:
-            stats = json.loads(stats_json)
-        except ValueError:
+    def update_lag(self) -> None:
+        """Consumer lag per topic (messages), and how much of each topic's retention the oldest message
+        not yet durable has used up: at 1.0 the broker deletes data this group has not stored."""
+        assignment = self.consumer.assignment()
+        if not assignment:
             return
+        try:
+            positions = self.consumer.position(assignment)
+        except KafkaException:
+            return
+        now_ms = time.time() * 1000
+        lags: dict[str, int] = {}
+        used: dict[str, float] = {}
         lag_max = 0
-        for topic, info in stats.get("topics", {}).items():
-            total = 0
-            for partition in info.get("partitions", {}).values():
-                lag = partition.get("consumer_lag", -1)
-                if partition.get("partition", -1) >= 0 and lag >= 0:
-                    total += lag
-                    lag_max = max(lag_max, lag)
-            metrics.CONSUMER_LAG.labels(topic).set(total)
+        for tp in positions:
+            key = (tp.topic, tp.partition)
+            _low, high = self.consumer.get_watermark_offsets(tp, cached=True) or (-1, -1)
+            lag = max(0, high - tp.offset) if high >= 0 and tp.offset >= 0 else 0
+            lags[tp.topic] = lags.get(tp.topic, 0) + lag
+            lag_max = max(lag_max, lag)
+            oldest = self.pending_ages.oldest(key, self.tracker.committed_offset(key), behind=lag > 0)
+            retention_ms = domain_for_topic(tp.topic).topic.retention_days * 86_400_000
+            ratio = max(0.0, now_ms - oldest) / retention_ms if oldest is not None else 0.0
+            used[tp.topic] = max(used.get(tp.topic, 0.0), ratio)
+        for topic, lag in lags.items():
+            metrics.CONSUMER_LAG.labels(topic).set(lag)
+            metrics.RETENTION_USED.labels(topic).set(used.get(topic, 0.0))
         metrics.KAFKA_LAG_MAX.set(lag_max)
+        worst = max(used.items(), key=lambda kv: kv[1], default=("", 0.0))
+        if worst[1] >= 0.5 and time.monotonic() - self._retention_warned > 60:
+            self._retention_warned = time.monotonic()
+            log.error("data not yet stored is close to the topic's retention: it will be deleted by the broker",
+                      extra={"topic": worst[0], "retention_used": round(worst[1], 3)})  # fmt: skip
 
 
 def install_signal_handlers(collector: Collector) -> None:

@@ -76,11 +76,15 @@ class MinuteBuffer:
                 bucket = self._buckets[key] = Bucket(domain=domain, minute=minute, kind=kind)
             bucket.add(part.drop("_minute"))
 
-    def due(self, now: datetime, grace_seconds: float) -> list[Bucket]:
-        """Buckets whose minute ended more than ``grace_seconds`` before ``now``, oldest first."""
+    def due(self, now: datetime, grace_seconds: float, future_seconds: float = 120.0) -> list[Bucket]:
+        """Buckets whose minute ended more than ``grace_seconds`` before ``now``, and buckets of minutes
+        starting more than ``future_seconds`` after ``now`` (events stamped by a clock running ahead must
+        not hold their partition's commit until that time comes), oldest first."""
         due = [
-            b for b in self._buckets.values() if (now - minute_end(b.minute)).total_seconds() >= grace_seconds
-        ]
+            b for b in self._buckets.values()
+            if (now - minute_end(b.minute)).total_seconds() >= grace_seconds
+            or (b.minute - now).total_seconds() > future_seconds
+        ]  # fmt: skip
         return sorted(due, key=lambda b: (b.minute, b.domain, b.kind))
 
     def all(self) -> list[Bucket]:

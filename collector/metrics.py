@@ -29,6 +29,11 @@ STORAGE_UP = Gauge("fms_storage_up", "1 when the last storage write succeeded", 
 BUFFERED_BYTES = Gauge("fms_buffered_bytes", "Estimated bytes of rows waiting in memory", registry=REGISTRY)
 BUFFERED_ROWS = Gauge("fms_buffered_rows", "Rows waiting in memory", registry=REGISTRY)
 CONSUMER_LAG = Gauge("fms_consumer_lag", "Consumer lag per topic (sum over partitions)", ["topic"], registry=REGISTRY)
+RETENTION_USED = Gauge(
+    "fms_retention_used_ratio",
+    "Age of the oldest message not yet stored, as a share of the topic's retention (1.0: the broker deletes it)",
+    ["topic"], registry=REGISTRY,
+)
 KAFKA_LAG_MAX = Gauge("kafka_lag_max", "Largest consumer lag of any assigned partition", registry=REGISTRY)
 NEWEST_STORED = Gauge(
     "fms_newest_stored_event_timestamp_seconds", "Newest event time stored per domain (freshness)", ["domain"],

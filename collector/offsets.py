@@ -110,3 +110,37 @@ class EventTimeTracker:
         for tp in partitions:
             self._pending.pop(tp, None)
             self._durable.pop(tp, None)
+
+
+class PendingAgeTracker:
+    """Per partition, the Kafka timestamps of consumed batches, to tell how old the oldest message not
+    yet committed is (and so how close unstored data is to the topic's retention)."""
+
+    def __init__(self) -> None:
+        self._spans: dict[TopicPartition, list[tuple[int, int, int]]] = {}  # (first, last, oldest ms)
+        self._durable: dict[TopicPartition, int] = {}  # oldest ms of the last committed batch
+
+    def observe(self, tp: TopicPartition, first: int, last: int, oldest_ms: int) -> None:
+        """Messages ``first``..``last`` were consumed; the oldest carries Kafka time ``oldest_ms``."""
+        spans = self._spans.setdefault(tp, [])
+        spans.append((first, last, oldest_ms))
+        if len(spans) > 1000:  # bound memory: merge the two oldest spans (keeps the oldest time)
+            (f, _, a), (_, l2, b) = spans[0], spans[1]
+            spans[0:2] = [(f, l2, min(a, b))]
+
+    def oldest(self, tp: TopicPartition, committed: int | None, behind: bool) -> int | None:
+        """Kafka time (ms) of the oldest consumed message at or after ``committed``; when none is pending
+        but the consumer is ``behind``, that of the last committed batch (the unread ones are younger)."""
+        spans = self._spans.get(tp, [])
+        if committed is not None:
+            while spans and spans[0][1] < committed:
+                self._durable[tp] = spans.pop(0)[2]
+        if spans:
+            return min(s[2] for s in spans)
+        return self._durable.get(tp) if behind else None
+
+    def forget(self, partitions: Iterable[TopicPartition]) -> None:
+        """Drop revoked or lost partitions."""
+        for tp in partitions:
+            self._spans.pop(tp, None)
+            self._durable.pop(tp, None)

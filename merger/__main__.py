@@ -13,7 +13,8 @@ changed since it was merged (late minute files, a backfill), oldest first. Stora
 the collector's (STORAGE_BACKEND, MINIO_*, GCS_*, LOCAL_STORAGE_DIR); also PARTITION_TIMEZONE,
 WEEK_START, MERGE_GRACE_MINUTES, MERGER_MEMORY_MB, MINUTE_KEEP_HOURS, COMPLETENESS_GROUP_ID (the
 realtime group whose progress decides completeness, default fms-realtime-collector) and
-PUSHGATEWAY_URL (push metrics after a run).
+PUSHGATEWAY_URL (push metrics after a run), MERGER_LEASE_SECONDS (60: how long a killed run's lease
+blocks the next; renewed while a run works).
 """
 
 from __future__ import annotations
@@ -61,6 +62,7 @@ def config_from_env(env: dict[str, str] | os._Environ[str]) -> MergerConfig:
         grace=timedelta(minutes=number("MERGE_GRACE_MINUTES", "5")),
         memory_limit_mb=int(number("MERGER_MEMORY_MB", "512")),
         minute_keep=timedelta(hours=number("MINUTE_KEEP_HOURS", "48")),
+        lease_seconds=max(1.0, number("MERGER_LEASE_SECONDS", "60")),
         group=env.get("COMPLETENESS_GROUP_ID") or "fms-realtime-collector",
     )
 

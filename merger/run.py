@@ -7,19 +7,22 @@ the stored manifest of the level above says it holds them.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
 import socket
+import threading
 import time
 import uuid
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
+from common.errors import CollectorError
 from domains import DOMAINS
 from merger.catalog import DomainCatalog, manifest_key
-from merger.complete import load_progress, mark_complete, marker_key, withdraw
+from merger.complete import DomainProgress, load_progress, mark_complete, marker_key, withdraw
 from merger.dataset import Dataset, datasets
 from merger.merge import MergeResult, merge_period
 from merger.periods import Calendar, Grain, Period, file_key, parse_name, period_of
@@ -38,7 +41,7 @@ class MergerConfig:
     memory_limit_mb: int = 512
     minute_keep: timedelta = timedelta(hours=48)
     retention_days: dict[str, int] = field(default_factory=lambda: {d.name: d.retention_days for d in DOMAINS.values()})
-    lease_seconds: float = 900.0
+    lease_seconds: float = 60.0  # renewed while a run works; a killed run's lease expires after this
     group: str = "fms-realtime-collector"  # the realtime group whose progress objects decide completeness
 
 
@@ -54,11 +57,17 @@ class RunReport:
 
 
 class Lease:
-    """A best-effort lock object in storage (``_locks/<name>.json``, e.g. ``merger-hour``)."""
+    """A best-effort lock object in storage (``_locks/<name>.json``, e.g. ``merger-hour``).
+
+    :meth:`held` renews it in the background while work runs, so it can be short: a killed holder's
+    lease expires after ``seconds``, and on the same host a holder whose process is gone is taken
+    over at once.
+    """
 
     def __init__(self, store: ObjectStore, name: str, seconds: float) -> None:
         self.store, self.key, self.seconds = store, f"_locks/{name}.json", seconds
-        self.owner = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        self.host = socket.gethostname()
+        self.owner = f"{self.host}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
 
     def _read(self) -> dict[str, object] | None:
         try:
@@ -66,11 +75,24 @@ class Lease:
         except (ObjectNotFound, ValueError):
             return None
 
+    def _holder_gone(self, current: dict[str, object]) -> bool:
+        """The holder ran on this host and its process no longer exists."""
+        if current.get("host") != self.host:
+            return False
+        try:
+            os.kill(int(current.get("pid", 0)), 0)  # type: ignore[call-overload]
+        except ProcessLookupError:
+            return True
+        except (OSError, ValueError):
+            return False
+        return False
+
     def acquire(self, now: float | None = None) -> bool:
         """Take the lease unless another live owner holds it."""
         current = self._read()
         clock = time.time() if now is None else now
-        if current and current.get("owner") != self.owner and float(current.get("expires", 0)) > clock:  # type: ignore[arg-type]
+        if (current and current.get("owner") != self.owner and float(current.get("expires", 0)) > clock  # type: ignore[arg-type]
+                and not self._holder_gone(current)):  # fmt: skip
             return False
         self.renew()
         time.sleep(0.5)  # let a concurrent writer land, then see who won
@@ -79,8 +101,28 @@ class Lease:
 
     def renew(self) -> None:
         """Extend the lease."""
-        body = {"owner": self.owner, "expires": time.time() + self.seconds}
+        body = {"owner": self.owner, "host": self.host, "pid": os.getpid(), "expires": time.time() + self.seconds}
         self.store.put(self.key, json.dumps(body).encode())
+
+    @contextlib.contextmanager
+    def held(self) -> Iterator[None]:
+        """Renew the lease every third of its length while the block runs."""
+        stop = threading.Event()
+
+        def keep() -> None:
+            while not stop.wait(self.seconds / 3):
+                try:
+                    self.renew()
+                except CollectorError as exc:
+                    log.warning("lease renewal failed", extra={"lease": self.key, "error": str(exc)})
+
+        thread = threading.Thread(target=keep, name=f"lease-{self.key}", daemon=True)
+        thread.start()
+        try:
+            yield
+        finally:
+            stop.set()
+            thread.join(5)
 
     def release(self) -> None:
         """Drop the lease if it is still ours."""
@@ -109,34 +151,48 @@ def run(
         report.skipped = True
         return report
     try:
-        progress = load_progress(store, config.group)
-        for name in domains or DOMAINS:
-            catalogs: list[DomainCatalog] = []
-            merged: dict[str, Period] = {}
-            for dataset in datasets(name):
-                catalog = DomainCatalog.load(store, dataset.root, config.calendar)
-                for period in _periods(catalog, grain, config, now, period_name):
-                    sources, leaves = catalog.build_sources(period)
-                    if not sources:
-                        continue
-                    withdraw(store, name, period, config.calendar)
-                    result = merge_period(store, dataset, period, sources, leaves, config.memory_limit_mb)
-                    catalog.remember(period, result.manifest)
-                    report.merged.append(result)
-                    merged[period.name] = period
-                    lease.renew()
-                catalogs.append(catalog)
-            facts, dlq = catalogs
-            report.stats += refresh_stats(store, name, grain, facts, dlq, merged)
-            report.completed += [f"{name}/{p.name}" for p in
-                                 mark_complete(store, name, grain, facts, dlq, progress.get(name), config.grace)]
-            for dataset in datasets(name):
-                report.deleted += apply_retention(
-                    store, DomainCatalog.load(store, dataset.root, config.calendar), dataset, config, now
-                )
+        with lease.held():
+            progress = load_progress(store, config.group)
+            for name in domains or DOMAINS:
+                merge_domain(store, name, grain, config, now, period_name, report, progress)
     finally:
         lease.release()
     return report
+
+
+def merge_domain(
+    store: ObjectStore,
+    name: str,
+    grain: Grain,
+    config: MergerConfig,
+    now: datetime,
+    period_name: str | None,
+    report: RunReport,
+    progress: dict[str, DomainProgress],
+) -> None:
+    """One domain's part of a run: merge its facts and DLQ rows, then statistics, markers, retention."""
+    catalogs: list[DomainCatalog] = []
+    merged: dict[str, Period] = {}
+    for dataset in datasets(name):
+        catalog = DomainCatalog.load(store, dataset.root, config.calendar)
+        for period in _periods(catalog, grain, config, now, period_name):
+            sources, leaves = catalog.build_sources(period)
+            if not sources:
+                continue
+            withdraw(store, name, period, config.calendar)
+            result = merge_period(store, dataset, period, sources, leaves, config.memory_limit_mb)
+            catalog.remember(period, result.manifest)
+            report.merged.append(result)
+            merged[period.name] = period
+        catalogs.append(catalog)
+    facts, dlq = catalogs
+    report.stats += refresh_stats(store, name, grain, facts, dlq, merged)
+    report.completed += [f"{name}/{p.name}" for p in
+                         mark_complete(store, name, grain, facts, dlq, progress.get(name), config.grace)]
+    for dataset in datasets(name):
+        report.deleted += apply_retention(
+            store, DomainCatalog.load(store, dataset.root, config.calendar), dataset, config, now
+        )
 
 
 def _periods(

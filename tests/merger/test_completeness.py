@@ -168,3 +168,23 @@ def test_no_marker_while_a_backfill_is_loading_history(tmp_path: Path, request: 
     store.put("_backfill/fms-backfill/done.json", b"{}")
     run(store, Grain.HOUR, CONFIG, now=LATER)
     assert marker(store, Grain.HOUR, HOUR_START) is not None
+
+
+def test_a_lease_whose_holder_died_on_this_host_is_taken_over_at_once(
+    tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    import os
+    import socket
+    import subprocess
+    import sys
+    import time
+
+    from merger.run import Lease
+
+    store, _ = make_store("local", tmp_path, request)
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    for pid, host, free in ((int(dead.stdout), socket.gethostname(), True), (os.getppid(), socket.gethostname(), False),
+                            (int(dead.stdout), "another-host", False)):  # fmt: skip
+        body = {"owner": f"{host}-{pid}-x", "host": host, "pid": pid, "expires": time.time() + 600}
+        store.put("_locks/merger-hour.json", json.dumps(body).encode())
+        assert Lease(store, "merger-hour", 60).acquire() is free, (pid, host)
