@@ -136,6 +136,7 @@ class Backfill(Collector):
         self.publish_alarms = alarms
         self.sweep_enabled = False
         self.report_progress = False  # completeness follows the realtime group's progress only
+        self.group_member = False  # explicit assignment: no group can move its partitions
         self.realtime_group = realtime_group
         self.rate = rate
         self.since_ms, self.until_ms = since_ms, until_ms

@@ -92,6 +92,7 @@ class Collector:
         self._next_lag = 0.0
         self._retention_warned = 0.0
         self._next_progress = 0.0
+        self._last_poll = time.monotonic()
         self._partition_counts: dict[str, int] = {}
         self.health = HealthState(stall_seconds=max(60.0, settings.shutdown_timeout_seconds))
         self.backoff = Backoff()
@@ -140,6 +141,7 @@ class Collector:
         self.publish_alarms = True
         self.sweep_enabled = True
         self.report_progress = settings.write_files  # per-partition progress objects (completeness markers)
+        self.group_member = True  # partitions come from the group (max.poll.interval.ms applies)
 
     # -- lifecycle ------------------------------------------------------------------------------
 
@@ -172,7 +174,9 @@ class Collector:
     def step(self) -> None:
         """One loop iteration: consume a batch, flush what is due, commit what is durable."""
         self.health.beat()
+        self._last_poll = time.monotonic()
         messages = self.consumer.consume(self.settings.batch_size, self.settings.poll_timeout_seconds)
+        self._last_poll = time.monotonic()
         if messages:
             self.process(messages)
         self.dlq.poll()
@@ -195,7 +199,7 @@ class Collector:
         """Flush every bucket and commit; retries storage until the shutdown deadline."""
         deadline = time.monotonic() + self.settings.shutdown_timeout_seconds
         log.info("shutting down: flushing buffered rows", extra={"rows": self.buffer.rows})
-        while len(self.buffer) and time.monotonic() < deadline:
+        while len(self.buffer) and time.monotonic() < deadline and not self.evicted():
             if self.backoff.ready():
                 self.flush(self.buffer.all(), reason="shutdown")
             else:
@@ -397,6 +401,11 @@ class Collector:
         if not buckets or not self.backoff.ready():
             return not buckets
         for bucket in buckets:
+            if self.evicted():
+                log.warning("not storing: no poll for longer than max.poll.interval.ms, so the group may have "
+                            "given these partitions to another member; polling first",
+                            extra={"seconds_since_poll": round(time.monotonic() - self._last_poll, 1)})  # fmt: skip
+                return False
             try:
                 self.store_bucket(bucket)
             except TransientError as exc:
@@ -417,6 +426,12 @@ class Collector:
         log.debug("flushed", extra={"reason": reason, "files": len(buckets)})
         return True
 
+    def evicted(self) -> bool:
+        """Whether this member went longer than ``max.poll.interval.ms`` without polling: the group then
+        considers it gone and another member may own its partitions (a zombie must not write)."""
+        limit = self.settings.max_poll_interval_ms / 1000
+        return self.group_member and time.monotonic() - self._last_poll > limit
+
     def store_bucket(self, bucket: Bucket) -> str:
         """Encode, verify and upload one bucket under its position-derived name; returns the key."""
         started = time.perf_counter()
@@ -433,7 +448,8 @@ class Collector:
             "positions": positions.to_dicts(),
         }
         domain = DOMAINS[bucket.domain]
-        suffix = position_suffix(bucket.first_offsets)
+        last_offsets = {(t, p): last for t, p, _first, last in positions.iter_rows()}
+        suffix = position_suffix(bucket.first_offsets, last_offsets)
         if bucket.kind == DLQ:
             data = encode_rows(rows, DLQ_SORT_KEY, DLQ_ROW_SCHEMA, {**manifest, "kind": DLQ})
             key = minute_key(dlq_root(bucket.domain), bucket.minute, suffix)
@@ -472,7 +488,7 @@ class Collector:
 
     # -- commit ---------------------------------------------------------------------------------
 
-    def checkpoint(self, final: bool = False) -> None:
+    def checkpoint(self, final: bool = False, asynchronous: bool = False) -> None:
         """Commit the offsets that are durable. The commit protocol, step by step:
 
         1. buffer: consumed rows sit in minute buckets; rejected messages are in flight to the DLQ;
@@ -490,9 +506,11 @@ class Collector:
         if not offsets:
             return
         try:
-            self.consumer.commit(
-                offsets=[TopicPartition(t, p, o) for (t, p), o in offsets.items()], asynchronous=False
-            )
+            positions = [TopicPartition(t, p, o) for (t, p), o in offsets.items()]
+            if asynchronous:
+                self.consumer.commit(offsets=positions, asynchronous=True)
+            else:
+                self.consumer.commit(offsets=positions, asynchronous=False)
         except KafkaException as exc:
             error = exc.args[0] if exc.args else None
             if isinstance(error, KafkaError) and error.code() == KafkaError._NO_OFFSET:
@@ -603,14 +621,15 @@ class Collector:
         # While stopping, shutdown() has already stored, committed and reported everything; this runs
         # inside consumer.close(), where further consumer calls can abort the process (librdkafka
         # callbacks nested in a callback), so only the local state is released.
+        # The commit is sent without waiting: a blocking consumer call inside this callback lets
+        # librdkafka serve other callbacks nested in it, which aborts the process. A commit that does
+        # not land before the partitions move only makes the new owner re-read (never lose) rows.
         if not self.stopping.is_set():
             deadline = time.monotonic() + min(30.0, self.settings.max_poll_interval_ms / 2000)
             while len(self.buffer) and time.monotonic() < deadline:
                 if not self.flush(self.buffer.all(), reason="rebalance"):
                     time.sleep(min(1.0, max(0.0, self.backoff.next_attempt - time.monotonic())))
-            self.checkpoint(final=True)
-            if self.report_progress:
-                self.write_progress(revoked)
+            self.checkpoint(final=True, asynchronous=True)
         dropped = self.buffer.drop_partitions(revoked)
         if dropped:
             log.warning("rows of revoked partitions not stored; the new owner re-reads them", extra={"rows": dropped})

@@ -8,9 +8,10 @@
 <domain>/week/YYYYMMDD_YYYYMMDD.parquet
 ```
 
-Minute names are in UTC. The suffix is derived from the first offset of every partition in the
-file, so a replay after a crash (which restarts at the committed offsets and meets the same first
-message for that minute) writes the same name and overwrites instead of adding a second file.
+Minute names are in UTC. The suffix is derived from the first and last offset of every partition in
+the file, so a replay after a crash that re-reads the same messages for that minute writes the same
+name and overwrites with identical rows instead of adding a second file, and a name never holds
+two different sets of rows.
 """
 
 from __future__ import annotations
@@ -30,19 +31,27 @@ def minute_end(start: datetime) -> datetime:
     return start + timedelta(minutes=1)
 
 
-def position_suffix(first_offsets: Mapping[tuple[str, int], int]) -> str:
-    """Deterministic file suffix from the first offset of each (topic, partition) in a file.
+def position_suffix(
+    first_offsets: Mapping[tuple[str, int], int], last_offsets: Mapping[tuple[str, int], int] | None = None
+) -> str:
+    """Deterministic file suffix from the Kafka positions a file holds.
 
-    Readable part: the lowest partition and its first offset; then a short hash of all pairs so
-    that files holding different partitions never collide.
+    Readable part: the lowest partition and its first offset; then a short hash of every
+    (topic, partition, first, last) so that only a file holding exactly the same positions gets the
+    same name: a replay that re-reads the same messages overwrites the file with identical rows, and
+    no writer (a restarted one, or a zombie that lost its partitions) can replace a file with
+    different rows.
     """
     if not first_offsets:
         raise ValueError("a file needs at least one Kafka position")
     pairs = sorted(first_offsets.items())
     (_, partition), offset = pairs[0]
+    last = last_offsets or {}
     digest = hashlib.sha1(
-        ",".join(f"{topic}:{p}:{o}" for (topic, p), o in pairs).encode(), usedforsecurity=False
-    ).hexdigest()[:8]
+        ",".join(f"{topic}:{p}:{o}" + (f"-{last[(topic, p)]}" if (topic, p) in last else "")
+                 for (topic, p), o in pairs).encode(),
+        usedforsecurity=False,
+    ).hexdigest()[:8]  # fmt: skip
     return f"p{partition}o{offset}-{digest}"
 
 
