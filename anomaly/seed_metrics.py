@@ -72,7 +72,8 @@ environmental_readings
     above (``max``) their band.
     ``env_unit_mismatch_count{stage}`` counter: messages rejected as unit_mismatch.
     ``env_missing_threshold_ratio{location}`` gauge: readings with no dim_env_threshold row valid at
-    their time / readings (``env_threshold_missing_readings_total``, ``env_readings_total``).
+    their time (both thresholds null) / readings (``env_threshold_missing_readings_total``,
+    ``env_readings_total``).
 device_status
     ``device_status_success_ratio{device_type}`` gauge: reports with ping_success / reports
     (``device_status_reports_total``; failures are ``device_ping_failure_count``).
