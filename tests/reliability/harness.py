@@ -337,15 +337,16 @@ class Scenario:
         return placed
 
     def finish(
-        self, *, merge: bool = True, view: StorageView | None = None, expect_merged: bool = True, **kwargs: object
-    ) -> OracleReport:
+        self, *, merge: bool = True, view: StorageView | None = None, expect_merged: bool = True,
+        env: dict[str, str] | None = None, **kwargs: object,
+    ) -> OracleReport:  # fmt: skip
         """Stop collectors, merge, read the DLQ, run the oracle, print its summary and fail on a violation."""
         self.stop_all()
         samples = self.sampler.stop()
         placed = self.place_unplaced()
         if placed:
             print(f"\n{placed} messages were acknowledged without an offset and found in their partition")
-        merged = self.merge() if merge else 0
+        merged = self.merge(env=env) if merge else 0
         if merge and expect_merged:
             assert merged > 0, "the merger merged nothing: the scenario's data should fill complete periods"
         dlq = read_dlq(self.bootstrap, self.domains)

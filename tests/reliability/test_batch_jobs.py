@@ -15,7 +15,7 @@ from tests.reliability.harness import Scenario, chaos_trials, traffic, wait_for
 
 pytestmark = pytest.mark.slow
 
-LONG_STEP = timedelta(seconds=10)  # 4000 messages span ~11 hours: many hour files, two days
+LONG_STEP = timedelta(seconds=12)  # 2500 messages span ~8 hours: many hour files, one or two days
 
 
 def _stored_history(scenario: Scenario, n: int, seed: int) -> None:
@@ -39,7 +39,7 @@ def _drop_leases(scenario: Scenario) -> list[str]:
 def test_merger_killed_at_random_points_then_rerun(scenario: Scenario) -> None:
     """kill -9 of ``python -m merger hour|day|week`` mid-run, several times; then complete runs. Leases left
     by the killed runs are removed as their expiry would (the next test is about re-running at once)."""
-    _stored_history(scenario, 4000, seed=81)
+    _stored_history(scenario, 2500, seed=81)
     rng = random.Random(int(os.environ.get("CHAOS_SEED", "81")))
     trials = chaos_trials(3)
     outcomes = []
@@ -56,14 +56,9 @@ def test_merger_killed_at_random_points_then_rerun(scenario: Scenario) -> None:
         _drop_leases(scenario)
     report = scenario.finish()
     print(f"merger kill -9: {trials} trials {outcomes}; {report.summary()}")
-    assert report.merged_files.get("hour", 0) >= 10
+    assert report.merged_files.get("hour", 0) >= 8
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a merger killed mid-run keeps its lease (_locks/merger-<grain>.json, lease_seconds=900, not "
-    "configurable): a re-run within 15 min logs 'skipped: lease held', exits 0 and merges nothing",
-)
 def test_merger_rerun_right_after_a_crash_merges(scenario: Scenario) -> None:
     _stored_history(scenario, 1500, seed=83)
     job = scenario.start_module("merger", "hour", name="merger-killed")

@@ -101,11 +101,6 @@ def test_sigterm_mid_flush_stores_and_commits_everything(
     print(f"SIGTERM mid-flush: exit code {code}; {report.summary()}")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="collector aborts (SIGABRT, confluent-kafka 'CallState_get: Assertion cs != NULL') when a librdkafka "
-    "callback fires in consumer.close() after _on_revoke made nested consumer calls (write_progress, assignment)",
-)
 def test_sigterm_exits_0_when_storage_is_slow(
     scenario_factory: Callable[..., Scenario], moto_server: MotoS3Server
 ) -> None:

@@ -50,11 +50,6 @@ def test_clock_skew_future_and_far_past_events_are_all_stored(scenario: Scenario
           f"{len(future_keys)} future minute files after shutdown; {report.summary()}")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="one event from a producer whose clock is a day ahead holds its partition's commit (and everything "
-    "after it on restart) until that minute has passed: MinuteBuffer.due() waits for the event-time minute",
-)
 def test_a_future_event_does_not_hold_its_partition(scenario: Scenario) -> None:
     messages = traffic(seed=95).generate(400)
     ahead = traffic(seed=96, start=datetime.now(UTC) + timedelta(days=1), fault_rate=0).generate(1)
@@ -114,7 +109,10 @@ def test_boundaries_and_a_non_utc_zone_give_the_same_keys_as_utc(
         collector = run.collector(f"tz-{zone.replace('/', '-')}", TZ=zone)
         run.wait_caught_up(collector)
         collector.terminate(timeout=90)
-        for grain in ("hour", "day", "week"):
+        if zone == "UTC":
+            run.finish(merge=True, env=KEEP_MINUTES)
+            continue
+        for grain in ("hour", "day", "week"):  # the merger as its own process in the zone, like a CronJob pod
             done = run.run_module("merger", grain, env={"TZ": zone, **KEEP_MINUTES}, name=f"merger-{grain}-{run.group}")
             assert done.returncode == 0, done.stderr
         run.finish(merge=False)

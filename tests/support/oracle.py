@@ -22,7 +22,8 @@ offsets sampled during the run (:class:`CommitSampler`). :func:`check` verifies:
    the final state; a partition's committed offset never moves backwards;
 6. **stable keys** -- every version of a minute-file key holds the same positions; a rewritten
    merged file keeps every row of its previous version; a fenced writer (a zombie, inside the time
-   window it had lost its partitions) overwrote no file another writer had written.
+   window it had lost its partitions) replaced no other writer's file with other rows (a rewrite with
+   the same rows is listed in ``OracleReport.fenced_overwrites``, for the test to judge).
 
 The result is an :class:`OracleReport` with counts and a readable list of the first violations.
 """
@@ -333,6 +334,7 @@ class OracleReport:
     losses: int = 0  # produced messages in neither the fact files nor the DLQ, or missing from a merged file
     object_versions: int = 0
     rewritten_keys: int = 0  # minute keys written more than once
+    fenced_overwrites: list[str] = field(default_factory=list)  # same-rows rewrites by a fenced writer
     samples: int = 0
     history: bool = False
     violations: dict[str, list[str]] = field(default_factory=lambda: {c: [] for c in CHECKS})
@@ -841,10 +843,15 @@ def _check_stable_keys(files: list[_File], fenced: Mapping[str, tuple[float, flo
             window = fenced.get(v.writer or "")
             if window is None or not window[0] - DURABLE_SLACK_S <= v.version.modified <= window[1] + DURABLE_SLACK_S:
                 continue
-            others = {o.writer for o in versions[:i] if o.writer != v.writer}
-            if others:
-                report.violate("stable_keys", f"{key}: fenced writer {v.writer} overwrote the file of {sorted(others)} "
-                                              f"{v.version.modified - window[0]:.1f} s after it was fenced")
+            replaced = [o for o in versions[:i] if o.writer != v.writer]
+            if not replaced or v.rows is None or replaced[-1].rows is None:
+                continue
+            what = (f"{key}: fenced writer {v.writer} overwrote the file of {replaced[-1].writer} "
+                    f"{v.version.modified - window[0]:.1f} s after it was fenced")  # fmt: skip
+            if set(_identity(v.rows).iter_rows()) == set(_identity(replaced[-1].rows).iter_rows()):
+                report.fenced_overwrites.append(what + " (same rows)")
+            else:
+                report.violate("stable_keys", what + " with other rows")
         if len(versions) < 2:
             continue
         sets = [set(_identity(v.rows).iter_rows()) for v in versions if v.rows is not None]
