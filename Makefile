@@ -49,3 +49,9 @@ audit:
 	$(PYTHON) -m venv $(AUDIT_VENV)
 	$(AUDIT_VENV)/bin/python -m pip install --quiet pip-audit
 	$(AUDIT_VENV)/bin/pip-audit --strict --no-deps --disable-pip -r requirements.lock $(AUDIT_ARGS)
+
+# Long failure-injection runs, by hand (RELIABILITY.md): 50 kill -9 trials, a 60 s storage outage, new
+# partitions found without help. CHAOS_TRIALS and CHAOS_SEED override; the bounded versions run in `make test`.
+.PHONY: chaos
+chaos: $(STAMP)
+	CHAOS_TRIALS=$${CHAOS_TRIALS:-50} $(PY) -m pytest tests/reliability -m chaos -s -p no:cacheprovider $(ARGS)
