@@ -25,6 +25,7 @@ from domains import DOMAINS
 from embedded.servers import MotoS3Server
 from merger.__main__ import config_from_env
 from merger.periods import Grain
+from merger.run import pending_periods
 from merger.run import run as merge_run
 from storage.base import ObjectStore
 from storage.factory import StorageConfig, open_store
@@ -283,8 +284,31 @@ class Scenario:
         config = config_from_env({**os.environ, **(env or {})})
         merged = 0
         for grain in (Grain.HOUR, Grain.DAY, Grain.WEEK):
-            merged += len(merge_run(self.store, grain, config, now=now, domains=list(self.domains)).merged)
+            report = merge_run(self.store, grain, config, now=now, domains=list(self.domains))
+            assert not report.skipped, f"the {grain.folder} merge skipped: a lease is still held"
+            merged += len(report.merged)
         return merged
+
+    def pending(self, env: dict[str, str] | None = None) -> dict[str, list[str]]:
+        """Periods a merger run would still merge, per grain and domain (empty lists: all merged)."""
+        config = config_from_env({**os.environ, **(env or {})})
+        now = datetime.now(UTC)
+        return {
+            f"{grain.folder}/{domain}": [p.name for p in periods]
+            for grain in (Grain.HOUR, Grain.DAY, Grain.WEEK)
+            for domain, periods in pending_periods(self.store, grain, config, now).items()
+            if domain in self.domains
+        }
+
+    def run_python(self, code: str, env: dict[str, str] | None = None, name: str = "python",
+                   timeout: float = 300) -> subprocess.CompletedProcess[str]:  # fmt: skip
+        """Run ``python -c code`` with the scenario's environment (a separate process, e.g. in another zone)."""
+        full = {**os.environ, "PYTHONPATH": str(ROOT), "LOG_FORMAT": "text", **self.env, **(env or {})}
+        done = subprocess.run([sys.executable, "-c", code], env=full, cwd=ROOT, capture_output=True, text=True,
+                              timeout=timeout)  # fmt: skip
+        with (self.tmp_path / f"{name}.log").open("a") as f:
+            f.write(done.stdout + done.stderr)
+        return done
 
     # -- the end -------------------------------------------------------------------------------
 
@@ -364,6 +388,9 @@ class Scenario:
         """Kill whatever is left (SIGCONT first, for stopped processes)."""
         for supervisor in self.supervisors:
             supervisor.stop()
+        if self.producer.producer is not None:
+            self.producer.producer.flush(0)
+            self.producer.producer = None  # type: ignore[assignment]  # handle freed: no reconnect threads left
         for process in self.processes:
             if process.proc is not None and process.proc.poll() is None:
                 os.kill(process.proc.pid, signal.SIGCONT)

@@ -21,10 +21,9 @@ def _stored(scenario: Scenario) -> int:
 def test_broker_stopped_and_restarted_mid_run(persistent_broker: PersistentTansu, persistent_scenario: Scenario
                                               ) -> None:  # fmt: skip
     scenario = persistent_scenario
-    background = BackgroundTraffic(scenario.producer, traffic(seed=41), rate=200).start()
+    background = BackgroundTraffic(scenario.producer, traffic(seed=41), rate=120).start()
     collector = scenario.collector()
     wait_for(lambda: _stored(scenario) > 0, 90, "the first files")
-    time.sleep(2)
     # The test's own producer is quiet across the restart: Tansu 0.6 (S3 engine) restarted in the middle
     # of a produce once acknowledged a retried batch as a duplicate without having stored it -- a broker
     # loss the oracle would blame on the collector. The collector stays connected throughout.
@@ -46,7 +45,7 @@ def add_partitions_and_wait(broker: PersistentTansu, scenario: Scenario, timeout
     """Two partitions join robot_status while a collector runs; messages land in them before it knows.
     They must be read from offset 0 within ``timeout`` seconds, and the oracle must pass."""
     generator = traffic(seed=43, domains=["robot_status"])
-    scenario.produce(generator.generate(500))
+    scenario.produce(generator.generate(120))
     collector = scenario.collector(WATERMARK_INTERVAL_SECONDS="2")
     scenario.wait_caught_up(collector)
     topic = DOMAINS["robot_status"].topic
@@ -55,7 +54,7 @@ def add_partitions_and_wait(broker: PersistentTansu, scenario: Scenario, timeout
              == topic.partitions + 2, 30, "the producer to see the new partitions")  # fmt: skip
     for partition in (topic.partitions, topic.partitions + 1):
         scenario.produce(generator.generate(40), partition=partition)
-    scenario.produce(generator.generate(200))
+    scenario.produce(generator.generate(100))
     new = {(topic.name, topic.partitions), (topic.name, topic.partitions + 1)}
     assert new <= scenario.ends().keys()
     started = time.monotonic()

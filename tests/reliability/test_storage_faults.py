@@ -26,7 +26,7 @@ def storage_outage(scenario_factory: Callable[..., Scenario], moto: MotoS3Server
     proxy = TcpProxy(host, int(port)).start()
     try:
         scenario = scenario_factory(endpoint=proxy.address)
-        background = BackgroundTraffic(scenario.producer, traffic(seed=51), rate=200).start()
+        background = BackgroundTraffic(scenario.producer, traffic(seed=51), rate=120).start()
         collector = scenario.collector(MAX_BUFFER_BYTES=str(4 * 1024 * 1024))
         wait_for(lambda: _stored(scenario) > 0, 90, "the first files")
         proxy.pause()
@@ -43,7 +43,7 @@ def storage_outage(scenario_factory: Callable[..., Scenario], moto: MotoS3Server
 
 
 def test_storage_unreachable_for_a_while(scenario_factory: Callable[..., Scenario], moto_server: MotoS3Server) -> None:
-    storage_outage(scenario_factory, moto_server, float(os.environ.get("STORAGE_OUTAGE_S", "15")))
+    storage_outage(scenario_factory, moto_server, float(os.environ.get("STORAGE_OUTAGE_S", "10")))
 
 
 @pytest.mark.chaos
@@ -58,7 +58,7 @@ def test_storage_errors_and_slow_responses(
     host, _, port = moto_server.endpoint.rpartition(":")
     with HttpFaultProxy(host, int(port), seed=7) as proxy:
         scenario = scenario_factory(endpoint=proxy.address)
-        background = BackgroundTraffic(scenario.producer, traffic(seed=53), rate=200).start()
+        background = BackgroundTraffic(scenario.producer, traffic(seed=53), rate=150).start()
         collector = scenario.collector()
         wait_for(lambda: _stored(scenario) > 0, 90, "the first files")
         proxy.delay, proxy.error_rate = 0.05, 0.33

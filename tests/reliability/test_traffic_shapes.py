@@ -112,15 +112,15 @@ def test_schema_version_change_mid_stream(scenario: Scenario, registry: SchemaRe
 
 
 def test_burst_of_ten_times_the_rate(scenario: Scenario) -> None:
-    """200 msg/s, then 2,000 msg/s for 5 s, then 200 msg/s again: no loss, the lag drains, memory stays bounded."""
+    """150 msg/s, then 1,500 msg/s for 5 s, then 150 msg/s again: no loss, the lag drains, memory stays bounded."""
     limit = 16 * 1024 * 1024
     collector = scenario.collector(MAX_BUFFER_BYTES=str(limit))
     wait_for(lambda: collector.probe("/readyz") == 200, 60, "the collector")
     generator = traffic(seed=121)
-    normal = BackgroundTraffic(scenario.producer, generator, rate=200).start()
+    normal = BackgroundTraffic(scenario.producer, generator, rate=150).start()
     time.sleep(4)
     normal.pause()
-    burst = BackgroundTraffic(scenario.producer, generator, rate=2000, chunk=500).start()
+    burst = BackgroundTraffic(scenario.producer, generator, rate=1500, chunk=500).start()
     peak_buffer, peak_lag = 0.0, 0.0
     started = time.monotonic()
     while time.monotonic() - started < 5:
@@ -153,7 +153,8 @@ def test_lag_approaching_retention_raises_an_alarm(
         old = traffic(seed=131, domains=["robot_status"], start=past_start(6.5), fault_rate=0).generate(300)
         scenario.producer.send(old, timestamps="event")  # Kafka timestamps 6.5 days old: robot_status keeps 7 days
         scenario.producer.flush()
-        time.sleep(15)
+        wait_for(lambda: any(v >= 0.9 for k, v in scrape_totals(collector.port).items() if "retention" in k), 20,
+                 "a lag-vs-retention signal")  # fmt: skip
         metrics = scrape_totals(collector.port)
         proxy.resume()
         scenario.wait_caught_up(collector, timeout=120)

@@ -36,7 +36,7 @@ def test_scale_1_2_1_moves_partitions_without_loss(scenario: Scenario) -> None:
     newcomer instead of sharing them; the scenario checks the moves (first -> second on scale-up,
     second -> first on scale-down) with flushes and commits on revoke.
     """
-    background = BackgroundTraffic(scenario.producer, traffic(seed=61), rate=250).start()
+    background = BackgroundTraffic(scenario.producer, traffic(seed=61), rate=120).start()
     first = Supervisor(scenario, "first")
     wait_for(lambda: _assigned(first.current) == ALL_PARTITIONS, 60, "the first member's assignment")
     time.sleep(3)
