@@ -61,7 +61,7 @@ class FencedOverwrite(AssertionError):
 
 
 @pytest.mark.xfail(
-    strict=True,
+    strict=False,  # a race: the held upload does not always overlap the new owner's write
     raises=FencedOverwrite,
     reason="an upload in flight when the zombie froze still lands after SIGCONT and rewrites the new owner's "
     "minute file (same rows since names hash first+last offsets; collected_at and writer differ): no conditional "
