@@ -72,6 +72,7 @@ def test_partitions_added_to_a_topic_are_read_within_a_minute(
 
 
 @pytest.mark.chaos
+@pytest.mark.timeout(1800)
 def test_partitions_added_to_a_topic_are_read_from_their_earliest_offset(
     persistent_broker: PersistentTansu, persistent_scenario: Scenario
 ) -> None:

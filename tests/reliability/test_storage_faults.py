@@ -47,6 +47,7 @@ def test_storage_unreachable_for_a_while(scenario_factory: Callable[..., Scenari
 
 
 @pytest.mark.chaos
+@pytest.mark.timeout(1800)
 def test_storage_unreachable_for_60_s(scenario_factory: Callable[..., Scenario], moto_server: MotoS3Server) -> None:
     storage_outage(scenario_factory, moto_server, 60.0)
 
