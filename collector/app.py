@@ -526,6 +526,7 @@ class Collector:
     def write_progress(self, partitions: set[tuple[str, int]]) -> None:
         """Store each partition's progress (``_progress/<group>/<topic>/<p>.json``) for completeness markers."""
         now = self.clock()
+        counts = {topic: self._partition_count(topic) for topic in {t for t, _ in partitions}}
         for topic, partition in sorted(partitions):
             tp = TopicPartition(topic, partition)
             committed = self.tracker.committed_offset((topic, partition))
@@ -545,7 +546,7 @@ class Collector:
                 domain=domain_for_topic(topic).name,
                 topic=topic,
                 partition=partition,
-                partitions=self._partition_count(topic),
+                partitions=counts[topic],
                 committed=committed,
                 event_time=datetime.fromtimestamp(newest / 1e6, UTC) if newest is not None else None,
                 caught_up=high >= 0 and committed >= high,
@@ -559,7 +560,7 @@ class Collector:
                 return
 
     def _partition_count(self, topic: str) -> int:
-        """Partitions of ``topic`` (metadata, refreshed at most once per progress interval)."""
+        """Partitions of ``topic`` from the broker's metadata (the last known count if it cannot answer)."""
         try:
             metadata = self.consumer.list_topics(topic, timeout=5)
             count = len(metadata.topics[topic].partitions)

@@ -125,6 +125,16 @@ def write_marker(
     return True
 
 
+def completeness_progress(store: ObjectStore, group: str) -> dict[str, DomainProgress]:
+    """The progress that may mark periods complete: none while a backfill is still loading history
+    (its offsets lie before the realtime group's progress)."""
+    running = backfills_running(store)
+    if running:
+        log.info("a backfill is still loading history; no completeness markers yet", extra={"backfills": running})
+        return {}
+    return load_progress(store, group)
+
+
 def backfills_running(store: ObjectStore) -> list[str]:
     """Backfill groups with a plan but no ``done.json``: history is still arriving, so no period is complete."""
     keys = {o.key for o in store.list("_backfill/")}
@@ -145,10 +155,6 @@ def mark_complete(
 ) -> list[Period]:
     """Write markers for every merged period of ``grain`` that became complete; returns them."""
     if progress is None:
-        return []
-    running = backfills_running(store)
-    if running:
-        log.info("a backfill is still loading history; no completeness markers yet", extra={"backfills": running})
         return []
     done = markers(store, domain, grain, facts.calendar)
     candidates = {p.name: p for c in (facts, dlq) for p in c.periods(grain, with_own=True)}

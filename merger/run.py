@@ -22,7 +22,7 @@ from datetime import UTC, datetime, timedelta
 from common.errors import CollectorError
 from domains import DOMAINS
 from merger.catalog import DomainCatalog, manifest_key
-from merger.complete import DomainProgress, load_progress, mark_complete, marker_key, withdraw
+from merger.complete import DomainProgress, completeness_progress, mark_complete, marker_key, withdraw
 from merger.dataset import Dataset, datasets
 from merger.merge import MergeResult, merge_period
 from merger.periods import Calendar, Grain, Period, file_key, parse_name, period_of
@@ -152,7 +152,7 @@ def run(
         return report
     try:
         with lease.held():
-            progress = load_progress(store, config.group)
+            progress = completeness_progress(store, config.group)
             for name in domains or DOMAINS:
                 merge_domain(store, name, grain, config, now, period_name, report, progress)
     finally:
