@@ -107,21 +107,21 @@ def test_statistics_dlq_parquet_and_markers_from_a_real_collector_run(kafka: Tan
         assert len(got) == len(expected) > 0, name
         for g, e in zip(got, expected, strict=True):
             assert g[:5] == e[:5] and g[5:] == pytest.approx(e[5:], rel=1e-9, nan_ok=True), name
+        def counted(section: str, name: str = name) -> list[tuple[object, ...]]:
+            return con.execute(
+                f"SELECT entity_id, name, count FROM {name}_stats_hour WHERE period = '{hour.name}' "
+                f"AND section = '{section}' ORDER BY ALL"
+            ).fetchall()
+
         anomalies = con.execute(
             f"SELECT {spec.entity}::VARCHAR, anomaly_rule, count(*) FROM {name} WHERE {where} AND anomaly "
             "GROUP BY ALL ORDER BY ALL"
         ).fetchall()
-        assert anomalies == con.execute(
-            f"SELECT entity_id, name, count FROM {name}_stats_hour WHERE period = '{hour.name}' "
-            "AND section = 'anomaly' ORDER BY ALL"
-        ).fetchall(), name
+        assert anomalies == counted("anomaly"), name
         rejected = con.execute(
             f"SELECT entity_id, reason, count(*) FROM {name}_dlq WHERE {where} GROUP BY ALL ORDER BY ALL"
         ).fetchall()
-        assert rejected == con.execute(
-            f"SELECT entity_id, name, count FROM {name}_stats_hour WHERE period = '{hour.name}' "
-            "AND section = 'dlq' ORDER BY ALL"
-        ).fetchall(), name
+        assert rejected == counted("dlq"), name
     energy = con.execute(
         f"SELECT round(sum(usage_std), 6), round(sum(carbon_g), 6), round(sum(cost), 6) FROM energy_usage WHERE {where}"
     ).fetchall()
