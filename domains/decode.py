@@ -25,6 +25,8 @@ import fastavro
 import fastavro.validation
 import orjson
 import polars as pl
+import pyarrow as pa
+import pyarrow.compute as pc
 
 from domains import avro
 from domains.base import POSITION_KEY, SCHEMA_ERROR, UTC_MICROS, Domain
@@ -150,10 +152,9 @@ class BatchDecoder:
         if fmt is WireFormat.JSON:
             return [self._decode_json(values, rows, rejected)]
         if fmt is WireFormat.AVRO:
-            frame = avro.decode_block(self.domain.schema_json, values)
+            frame = self._decode_block(values, rows, 0)
             if frame is not None:
-                self._strict_frames += 1
-                return [frame.with_columns(_row_column(rows))]
+                return [frame]
             return [self._decode_avro_each(values, rows, self.domain.parsed_schema, 0, rejected)]
         return self._decode_confluent(values, rows, rejected)
 
@@ -178,16 +179,24 @@ class BatchDecoder:
                 continue
             if writer is None or writer.schema_json == self.domain.schema_json:
                 # Unknown id without a registry: try the domain's own schema; validation decides.
-                frame = avro.decode_block(self.domain.schema_json, group, _CONFLUENT_HEADER)
+                frame = self._decode_block(group, group_rows, _CONFLUENT_HEADER)
                 if frame is not None:
-                    self._strict_frames += 1
-                    frames.append(frame.with_columns(_row_column(group_rows)))
+                    frames.append(frame)
                     continue
                 writer_parsed = self.domain.parsed_schema
             else:
                 writer_parsed = writer.parsed  # another version: per-record Avro schema resolution
             frames.append(self._decode_avro_each(group, group_rows, writer_parsed, _CONFLUENT_HEADER, rejected))
         return frames
+
+    def _decode_block(self, values: list[bytes], rows: Sequence[int], header_bytes: int) -> pl.DataFrame | None:
+        """The fast path: all values in one native decode, with their batch positions as ``_row``."""
+        numbered = isinstance(rows, range) and rows.start == 0 and rows.step == 1
+        frame = avro.decode_block(self.domain.schema_json, values, header_bytes, _ROW if numbered else None)
+        if frame is None:
+            return None
+        self._strict_frames += 1
+        return frame if numbered else frame.with_columns(_row_column(rows))
 
     def _decode_avro_each(
         self, values: list[bytes], rows: Sequence[int], writer: Any, skip: int, rejected: list[Rejected]
@@ -285,7 +294,8 @@ def _concat(frames: list[pl.DataFrame], domain: Domain) -> pl.DataFrame:
     if not frames:
         return pl.DataFrame(schema=schema)
     if len(frames) == 1:
-        return frames[0].select(list(schema))
+        frame = frames[0]
+        return frame if set(frame.columns) == set(schema) else frame.select(list(schema))
     return pl.concat([f.select(list(schema)).cast(schema) for f in frames], how="vertical")  # type: ignore[arg-type]
 
 
@@ -312,16 +322,145 @@ def _flatten(domain: Domain, frame: pl.LazyFrame) -> pl.LazyFrame:
 
 # Fixed-width layouts parse ~4x faster than the general ISO-8601 parser; try them first.
 _FIXED_ISO_FORMATS = {20: "%Y-%m-%dT%H:%M:%SZ", 24: "%Y-%m-%dT%H:%M:%S.%3fZ"}
+_ARROW_UTC_MICROS = pa.timestamp("us", "UTC")
 _BAD = "_bad"
+# Kafka positions of the decoded messages, carried as columns through the explode.
+_PARTITION, _OFFSET, _TIMESTAMP_MS = "__kafka_partition", "__kafka_offset", "__kafka_timestamp_ms"
+
+Rule = tuple[str, pl.Expr, pl.Expr]  # (reason, fails, detail)
 
 
-def _first_text(nested: pl.DataFrame, path: str) -> str | None:
-    """The first non-null string at a field path like ``status.changed_at`` (layout guess)."""
-    top, _, sub = path.partition(".")
-    column = nested.get_column(top)
-    values = column.struct.field(sub) if sub else column
-    first = values.drop_nulls().head(1).to_list()
-    return first[0] if first else None
+def _ts(column: str) -> str:
+    """Name of the parsed twin of timestamp column ``column`` while rows are checked."""
+    return f"__ts_{column}"
+
+
+def _parse_fixed_utc(texts: Sequence[pl.Series]) -> list[pl.Series] | None:
+    """Parse columns of fixed-layout times in one Arrow cast; ``None`` if a value may not fit.
+
+    Arrow's ISO-8601 cast accepts more than the fixed layouts (other zones and precisions, ``hh:mm``),
+    but among strings of 20 or 24 bytes ending in ``Z`` only ``YYYY-MM-DD[T ]hh:mm:ss[.fff]Z``, which
+    :func:`parse_utc` accepts with the same value. A value the cast refuses (an impossible date, a
+    leap second) sends the columns to :func:`parse_utc`.
+    """
+    array = pa.chunked_array([t.to_arrow() for t in texts], pa.large_string())
+    lengths = pc.binary_length(array)
+    fits = pc.and_(pc.or_(pc.equal(lengths, 20), pc.equal(lengths, 24)), pc.ends_with(array, "Z"))
+    if not pc.all(fits).as_py():
+        return None
+    try:
+        parsed = array.cast(_ARROW_UTC_MICROS)
+    except pa.ArrowInvalid:
+        return None
+    out, start = [], 0
+    for t in texts:
+        out.append(pl.Series(t.name, parsed.slice(start, t.len())))
+        start += t.len()
+    return out
+
+
+def _parse_timestamps(texts: pl.Series) -> pl.Series:
+    """Parse one timestamp column: one Arrow cast when the layout allows, else :func:`parse_utc`.
+
+    The polars path parses with the fixed layout of the first value, then retries the misses.
+    """
+    fast = _parse_fixed_utc([texts])
+    if fast is not None:
+        return fast[0]
+    first = texts.drop_nulls().head(1).to_list()
+    layout = _FIXED_ISO_FORMATS.get(len(first[0]) if first else 0, _FIXED_ISO_FORMATS[20])
+    parsed = texts.str.to_datetime(layout, time_unit="us", time_zone="UTC", strict=False)
+    if parsed.null_count() != texts.null_count():
+        parsed = parse_utc(texts, parsed)
+    return parsed
+
+
+def _parse_all(texts: list[pl.Series]) -> list[pl.Series]:
+    """Parse several timestamp columns, in one Arrow cast when all of them allow it."""
+    if not texts:
+        return []
+    return _parse_fixed_utc(texts) or [_parse_timestamps(t) for t in texts]
+
+
+@dataclass(frozen=True)
+class _RowPlan:
+    """The parts of a domain's flattening, typing and checks that do not depend on the batch."""
+
+    message_ts: tuple[tuple[str, str, str], ...]  # (column, top field, sub field or "") parsed per message
+    item_ts: tuple[str, ...]  # timestamp columns inside the exploded array, parsed per row
+    null_rules: tuple[Rule, ...]
+    ts_rules: dict[str, Rule]
+    check_rules: tuple[Rule, ...]
+    columns: tuple[tuple[str, pl.Expr | None], ...]  # final typed columns; None: a per-batch literal
+
+
+_PLANS: dict[int, tuple[Domain, _RowPlan]] = {}
+
+
+def _plan(domain: Domain) -> _RowPlan:
+    """The row plan of ``domain``, built on first use."""
+    cached = _PLANS.get(id(domain))
+    if cached is not None and cached[0] is domain:
+        return cached[1]
+    message_ts: list[tuple[str, str, str]] = []
+    item_ts: list[str] = []
+    for ts in domain.timestamp_fields:
+        path = domain.source_paths[ts]
+        if "[]" in path:
+            item_ts.append(ts)
+        else:
+            top, _, sub = path.partition(".")
+            message_ts.append((ts, top, sub))
+    # In priority order: missing fields, then times, then domain rules.
+    null_rules = tuple(
+        (SCHEMA_ERROR, pl.col(column).is_null(), pl.lit(f"missing or null field '{path}'"))
+        for column, path in domain.source_paths.items()
+        if column not in domain.nullable_columns
+    )
+    ts_rules = {
+        ts: (
+            SCHEMA_ERROR,
+            pl.col(ts).is_not_null() & pl.col(_ts(ts)).is_null(),
+            pl.format(f"{domain.source_paths[ts]} '{{}}' is not an ISO-8601 time", pl.col(ts)),
+        )
+        for ts in domain.timestamp_fields
+    }
+    for check in domain.checks:
+        # The checks see the typed row, with timestamps still as text: a check on a time would not.
+        if set(check.fails.meta.root_names()) & set(domain.timestamp_fields):
+            raise ValueError(f"{domain.name}: record checks cannot read timestamp columns")
+    check_rules = tuple((c.reason, c.fails.fill_null(False), c.detail) for c in domain.checks)
+    inputs: dict[str, pl.Expr | None] = {
+        **{c: pl.col(c) for c in domain.flat_schema},
+        **{ts: pl.col(_ts(ts)) for ts in domain.timestamp_fields},
+        "kafka_topic": None,
+        "kafka_partition": pl.col(_PARTITION),
+        "kafka_offset": pl.col(_OFFSET),
+        "kafka_timestamp": (pl.col(_TIMESTAMP_MS) * 1000).cast(UTC_MICROS),
+        "collected_at": None,
+    }
+    columns = tuple(
+        (c, None if inputs[c] is None else inputs[c].cast(t).alias(c))  # type: ignore[union-attr]
+        for c, t in domain.flat_schema.items()
+    )
+    plan = _RowPlan(tuple(message_ts), tuple(item_ts), null_rules, ts_rules, check_rules, columns)
+    _PLANS[id(domain)] = (domain, plan)
+    return plan
+
+
+def _grew_nulls(names: Sequence[str], texts: list[pl.Series], parsed: list[pl.Series]) -> set[str]:
+    """Timestamp columns where parsing turned a value into null: only they can fail the time rule."""
+    return {ts for ts, t, p in zip(names, texts, parsed, strict=True) if p.null_count() != t.null_count()}
+
+
+def _provenance(batch: MessageBatch, rows: pl.Series | None) -> list[pl.Series]:
+    """Kafka partition, offset and timestamp of each message (of message ``rows`` when given)."""
+    columns = [
+        pl.Series(_PARTITION, batch.partitions, dtype=pl.Int32),
+        pl.Series(_OFFSET, batch.offsets, dtype=pl.Int64),
+        pl.Series(_TIMESTAMP_MS, batch.timestamps_ms, dtype=pl.Int64),
+    ]
+    return columns if rows is None else [c.gather(rows) for c in columns]
 
 
 def _typed_rows(
@@ -334,10 +473,11 @@ def _typed_rows(
 ) -> tuple[pl.DataFrame, list[Rejected]]:
     """Flatten, type and check decoded messages in one lazy plan; bad rows reject their message.
 
-    Timestamps are parsed with the fixed-width layout of each column's first value; values that
-    layout misses are parsed again (other layout, then the general ISO-8601 parser) before the
-    checks decide they are invalid.
+    Timestamps outside the exploded array are parsed per message, before the explode. One ``collect``
+    yields the typed rows and whether any row fails a check; only then are the failing rows ranked
+    (first failing rule of each message) to name the reason and detail of each rejected message.
     """
+    plan = _plan(domain)
     rejected: list[Rejected] = []
     if domain.explode:
         items = nested.get_column(domain.explode)
@@ -345,77 +485,50 @@ def _typed_rows(
         if not empty.is_empty():
             rows = nested.get_column(_ROW).gather(empty).to_list()
             rejected += [Rejected(int(r), SCHEMA_ERROR, f"{domain.explode}[] is missing or empty") for r in rows]
-            in_batch_order = False
 
-    texts = {
-        ts: _first_text(nested, domain.source_paths[ts]) if nested.height else None for ts in domain.timestamp_fields
+    # A time rule can only fail in a column whose nulls grew when parsed; the others are left out.
+    texts = [
+        nested.get_column(top).struct.field(sub) if sub else nested.get_column(top) for _, top, sub in plan.message_ts
+    ]
+    names = [ts for ts, _, _ in plan.message_ts]
+    parsed = [p.alias(_ts(ts)) for p, ts in zip(_parse_all(texts), names, strict=True)]
+    failing = _grew_nulls(names, texts, parsed)
+    in_order = in_batch_order and nested.height == len(batch)
+    provenance = _provenance(batch, None if in_order else nested.get_column(_ROW))
+    flat = _flatten(domain, nested.hstack([*parsed, *provenance]).lazy())
+    if plan.item_ts:
+        items_frame = flat.collect()
+        item_texts = [items_frame.get_column(ts) for ts in plan.item_ts]
+        more = [p.alias(_ts(ts)) for p, ts in zip(_parse_all(item_texts), plan.item_ts, strict=True)]
+        failing |= _grew_nulls(plan.item_ts, item_texts, more)
+        flat = items_frame.hstack(more).lazy()
+
+    rules: list[Rule] = [
+        *(plan.null_rules if check_nulls else ()),
+        *(plan.ts_rules[ts] for ts in domain.timestamp_fields if ts in failing),
+        *plan.check_rules,
+    ]
+    per_batch = {
+        "kafka_topic": pl.lit(batch.topic, pl.String).alias("kafka_topic"),
+        "collected_at": pl.lit(collected_at).cast(UTC_MICROS).alias("collected_at"),
     }
-    parse = {
-        ts: pl.col(ts).str.to_datetime(
-            _FIXED_ISO_FORMATS.get(len(texts[ts] or ""), _FIXED_ISO_FORMATS[20]),
-            time_unit="us",
-            time_zone="UTC",
-            strict=False,
-        )
-        for ts in domain.timestamp_fields
-    }
-    partitions = pl.Series(batch.partitions, dtype=pl.Int32)
-    offsets = pl.Series(batch.offsets, dtype=pl.Int64)
-    stamps = (pl.Series(batch.timestamps_ms, dtype=pl.Int64) * 1000).cast(UTC_MICROS)
-    if in_batch_order and nested.height == len(batch):
-        provenance = [pl.lit(partitions), pl.lit(offsets), pl.lit(stamps)]
-    else:
-        provenance = [pl.lit(x).gather(pl.col(_ROW)) for x in (partitions, offsets, stamps)]
+    columns = [per_batch[c] if e is None else e for c, e in plan.columns]
+    bad = pl.any_horizontal([fails for _, fails, _ in rules]) if rules else pl.lit(False)
+    frame = flat.select(*columns, pl.col(_ROW), bad.alias(_BAD)).collect()
+    if not frame.get_column(_BAD).any():
+        return frame.drop(_ROW, _BAD), rejected
 
-    # (reason, fails, detail) in priority order: missing fields, then times, then domain rules.
-    rules: list[tuple[str, pl.Expr, pl.Expr]] = []
-    for column, path in domain.source_paths.items():
-        if check_nulls and column not in domain.nullable_columns:
-            rules.append((SCHEMA_ERROR, pl.col(column).is_null(), pl.lit(f"missing or null field '{path}'")))
-    for ts in domain.timestamp_fields:
-        rules.append(
-            (
-                SCHEMA_ERROR,
-                pl.col(ts).is_not_null() & pl.col(f"__ts_{ts}").is_null(),
-                pl.format(f"{domain.source_paths[ts]} '{{}}' is not an ISO-8601 time", pl.col(ts)),
-            )
-        )
-    rules.extend((c.reason, c.fails.fill_null(False), c.detail) for c in domain.checks)
-
-    frame = (
-        _flatten(domain, nested.lazy())
-        .with_columns(
-            *(parse[ts].alias(f"__ts_{ts}") for ts in domain.timestamp_fields),
-            pl.lit(batch.topic, pl.String).alias("kafka_topic"),
-            provenance[0].alias("kafka_partition"),
-            provenance[1].alias("kafka_offset"),
-            provenance[2].alias("kafka_timestamp"),
-            pl.lit(collected_at).cast(UTC_MICROS).alias("collected_at"),
-        )
-        .collect()
-    )
-    for ts in domain.timestamp_fields:
-        parsed = frame.get_column(f"__ts_{ts}")
-        if parsed.null_count() != frame.get_column(ts).null_count():
-            frame = frame.with_columns(parse_utc(frame.get_column(ts), parsed).alias(f"__ts_{ts}"))
-
-    bad = frame.select(pl.any_horizontal([fails for _, fails, _ in rules]).alias(_BAD)).to_series()
-    if bad.any():
-        priority: pl.Expr = pl.lit(None, pl.Int32)
-        for i in reversed(range(len(rules))):
-            priority = pl.when(rules[i][1]).then(pl.lit(i, pl.Int32)).otherwise(priority)
-        ranked = frame.filter(bad).with_columns(priority.alias("_rule")).sort([_ROW, "_rule"])
-        ranked = ranked.unique(_ROW, keep="first")
-        for rule_index in ranked["_rule"].unique().to_list():
-            reason, _, detail = rules[rule_index]
-            hits = ranked.filter(pl.col("_rule") == rule_index).select(_ROW, detail.alias("_detail"))
-            rejected += [Rejected(int(row), reason, str(text)) for row, text in hits.iter_rows()]
-        frame = frame.filter(~pl.col(_ROW).is_in(ranked[_ROW].implode()))
-    typed = {
-        **{c: pl.col(c) for c in domain.flat_schema},
-        **{ts: pl.col(f"__ts_{ts}") for ts in domain.timestamp_fields},
-    }
-    return frame.select([typed[c].cast(t).alias(c) for c, t in domain.flat_schema.items()]), rejected
+    priority: pl.Expr = pl.lit(None, pl.Int32)
+    for i in reversed(range(len(rules))):
+        priority = pl.when(rules[i][1]).then(pl.lit(i, pl.Int32)).otherwise(priority)
+    ranked = flat.filter(bad).with_columns(priority.alias("_rule")).sort([_ROW, "_rule"]).unique(_ROW, keep="first")
+    ranked_rows = ranked.collect()
+    for rule_index in ranked_rows.get_column("_rule").unique().to_list():
+        reason, _, detail = rules[rule_index]
+        hits = ranked_rows.filter(pl.col("_rule") == rule_index).select(_ROW, detail.alias("_detail"))
+        rejected += [Rejected(int(row), reason, str(text)) for row, text in hits.iter_rows()]
+    kept = frame.filter(~pl.col(_ROW).is_in(ranked_rows.get_column(_ROW).implode()))
+    return kept.drop(_ROW, _BAD), rejected
 
 
 def parse_utc(texts: pl.Series, parsed: pl.Series | None = None) -> pl.Series:
