@@ -27,7 +27,7 @@ from collector.buffer import DLQ, Bucket, MinuteBuffer
 from collector.dlq import DlqPublisher
 from collector.http import HealthState, serve
 from collector.offsets import EventTimeTracker, OffsetTracker, PendingAgeTracker
-from collector.parquet import encode_rows, verify
+from collector.parquet import encode_rows, stored_positions, verify
 from common.errors import CollectorError, FatalError, TransientError
 from common.layout import minute_key, position_suffix
 from common.progress import PartitionProgress, progress_key
@@ -457,7 +457,14 @@ class Collector:
             data = encode_rows(rows, domain.sort_key, self.output_schema(domain), manifest)
             key = minute_key(bucket.domain, bucket.minute, suffix)
         verify(data, rows.height)
-        self.store.put(key, data)
+        # A conditional create, never a replace: an existing object under this name holds the same
+        # positions, stored by an earlier run (before a crash) or by a member that owned these partitions
+        # meanwhile; and a member that lost its partitions while an upload was in flight (a zombie) cannot
+        # rewrite the new owner's file when that upload finally lands.
+        created = self.store.put_new(key, data)
+        if not created:
+            self._check_same_positions(key, manifest["positions"])
+            metrics.FILES_ALREADY_STORED.labels(bucket.domain).inc()
         self.buffer.remove(bucket)
         if bucket.kind == DLQ:
             metrics.DLQ_ROWS_OUT.labels(bucket.domain).inc(rows.height)
@@ -465,8 +472,17 @@ class Collector:
             self._stored_facts(bucket.domain, rows, len(data), time.perf_counter() - started)
         metrics.BUFFERED_BYTES.set(self.buffer.nbytes)
         metrics.BUFFERED_ROWS.set(self.buffer.rows)
-        log.info("stored", extra={"key": key, "rows": rows.height, "bytes": len(data)})
+        log.info("stored" if created else "already stored (kept)", extra={"key": key, "rows": rows.height,
+                                                                           "bytes": len(data)})  # fmt: skip
         return key
+
+    def _check_same_positions(self, key: str, positions: object) -> None:
+        """An existing object under a minute file's name must hold the same Kafka positions (the name hashes
+        them); anything else would be a name collision, and keeping it would lose rows: stop instead."""
+        stored = stored_positions(self.store.get(key))
+        if stored != positions:
+            raise FatalError(f"minute file {key} already exists with other Kafka positions ({stored} instead of "
+                             f"{positions}); not replacing it. Move it aside and restart.")
 
     def _stored_facts(self, domain: str, rows: pl.DataFrame, nbytes: int, seconds: float) -> None:
         newest = rows["timestamp"].max()

@@ -15,6 +15,11 @@ DLQ_ROWS_OUT = Counter("fms_dlq_rows_written", "DLQ records stored as Parquet un
                        ["domain"], registry=REGISTRY)
 DLQ_RECORDS = Counter("fms_dlq_records", "Records sent to the DLQ", ["domain", "reason"], registry=REGISTRY)
 FILES_WRITTEN = Counter("fms_files_written", "Minute files stored", ["domain"], registry=REGISTRY)
+FILES_ALREADY_STORED = Counter(
+    "fms_files_already_stored", "Minute files found already stored under their position-derived name (kept, not "
+    "replaced): a replay after a crash, or an upload by a member that lost its partitions", ["domain"],
+    registry=REGISTRY,
+)
 BYTES_WRITTEN = Counter("fms_bytes_written", "Bytes of Parquet stored", ["domain"], registry=REGISTRY)
 FLUSH_SECONDS = Histogram(
     "fms_flush_latency_seconds", "Encode + upload time of one minute file", ["domain"], registry=REGISTRY,

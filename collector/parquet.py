@@ -44,3 +44,10 @@ def verify(data: bytes, expected_rows: int) -> None:
     meta = pq.read_metadata(pa.BufferReader(data))
     if meta.num_rows != expected_rows:
         raise ValueError(f"encoded file holds {meta.num_rows} rows, expected {expected_rows}")
+
+
+def stored_positions(data: bytes) -> object:
+    """The Kafka positions (per topic and partition: first and last offset) an encoded minute file's
+    manifest records, or None if it has no manifest."""
+    raw = (pq.read_schema(pa.BufferReader(data)).metadata or {}).get(MANIFEST_KEY)
+    return json.loads(raw).get("positions") if raw else None

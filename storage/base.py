@@ -53,6 +53,11 @@ class ObjectStore(Protocol):
         """Write ``data`` under ``key`` atomically: readers see the old object or the whole new one."""
         ...
 
+    def put_new(self, key: str, data: bytes) -> bool:
+        """Like :meth:`put`, but only if nothing is stored under ``key`` yet (a conditional create, decided
+        by the server in the same request); returns False, writing nothing, when an object already exists."""
+        ...
+
     def get(self, key: str) -> bytes:
         """Return the object's bytes; raise :class:`ObjectNotFound` if there is none."""
         ...

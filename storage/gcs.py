@@ -74,11 +74,30 @@ class GcsStore(VendorEdge):
 
     def put(self, key: str, data: bytes) -> None:
         """Upload the bytes (single request, or a resumable upload that commits at the end)."""
+        self._upload(key, data, only_new=False)
+
+    def put_new(self, key: str, data: bytes) -> bool:
+        """Upload with ``ifGenerationMatch=0``: the server refuses (412) if any generation of the key exists."""
+        try:
+            self._upload(key, data, only_new=True)
+        except FatalError as exc:
+            if isinstance(exc.__cause__, api_exceptions.PreconditionFailed):
+                return False
+            raise
+        return True
+
+    def _upload(self, key: str, data: bytes, *, only_new: bool) -> None:
         validate_key(key)
         blob = self._bucket.blob(key)
 
         def upload() -> None:
-            blob.upload_from_string(data, content_type="application/octet-stream", timeout=self._timeout, retry=None)
+            blob.upload_from_string(
+                data,
+                content_type="application/octet-stream",
+                timeout=self._timeout,
+                retry=None,
+                if_generation_match=0 if only_new else None,
+            )
 
         try:
             self._call(f"put {key}", upload)

@@ -39,6 +39,13 @@ class LocalStore:
 
     def put(self, key: str, data: bytes) -> None:
         """Write via a fsynced hidden temp file and ``os.replace``."""
+        self._publish(key, data, replace=True)
+
+    def put_new(self, key: str, data: bytes) -> bool:
+        """Write via a fsynced hidden temp file hard-linked onto the final name, which fails if it exists."""
+        return self._publish(key, data, replace=False)
+
+    def _publish(self, key: str, data: bytes, *, replace: bool) -> bool:
         path = self._path(key)
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
@@ -49,12 +56,21 @@ class LocalStore:
                     fh.write(data)
                     fh.flush()
                     os.fsync(fh.fileno())
-                os.replace(tmp, path)
+                if replace:
+                    os.replace(tmp, path)
+                else:
+                    try:
+                        os.link(tmp, path)  # atomic, and never replaces an existing file
+                    except FileExistsError:
+                        return False
+                    finally:
+                        os.unlink(tmp)
             except BaseException:
                 with contextlib.suppress(OSError):
                     os.unlink(tmp)
                 raise
             _fsync_dir(path.parent)
+            return True
         except OSError as exc:
             raise _translate(exc, f"put {key}") from exc
 

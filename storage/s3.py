@@ -98,12 +98,33 @@ class S3Store(VendorEdge):
 
     def put(self, key: str, data: bytes) -> None:
         """Upload in one request (multipart above the SDK's part size); creates the bucket if allowed."""
+        self._upload(key, data, only_new=False)
+
+    def put_new(self, key: str, data: bytes) -> bool:
+        """Upload with ``If-None-Match: *`` in a single PUT (so the condition covers the whole object);
+        the server answers 412 PreconditionFailed when the key exists, and nothing is written."""
+        try:
+            self._upload(key, data, only_new=True)
+        except FatalError as exc:
+            if _code(exc.__cause__) == "PreconditionFailed":
+                return False
+            raise
+        return True
+
+    def _upload(self, key: str, data: bytes, *, only_new: bool) -> None:
         validate_key(key)
 
         def upload() -> None:
-            self._client.put_object(
-                self.bucket, key, io.BytesIO(data), len(data), content_type="application/octet-stream"
-            )
+            if only_new:
+                # put_object() would turn an If-None-Match header into user metadata (x-amz-meta-...) and
+                # split objects above 5 MiB into parts; the SDK's single-request PutObject sends it as is.
+                self._client._put_object(
+                    self.bucket, key, data, headers={"Content-Type": "application/octet-stream", "If-None-Match": "*"}
+                )
+            else:
+                self._client.put_object(
+                    self.bucket, key, io.BytesIO(data), len(data), content_type="application/octet-stream"
+                )
 
         try:
             self._call(f"put {key}", upload)

@@ -61,6 +61,28 @@ def test_overwrite_replaces(store: ObjectStore) -> None:
     assert [(o.key, o.size) for o in store.list("a/")] == [("a/b.parquet", 6)]
 
 
+def test_put_new_creates_once_and_never_replaces(store: ObjectStore) -> None:
+    assert store.put_new("a/new.parquet", b"first writer") is True
+    assert store.put_new("a/new.parquet", b"second writer") is False
+    assert store.get("a/new.parquet") == b"first writer"
+    assert [(o.key, o.size) for o in store.list("a/")] == [("a/new.parquet", 12)]
+
+
+def test_put_new_large_object_is_conditional_too(store: ObjectStore) -> None:
+    # 12 MiB: above the SDKs' multipart / resumable thresholds, where a condition could be lost.
+    data = os.urandom(12 * 1024 * 1024)
+    assert store.put_new("big/new.parquet", data) is True
+    assert store.put_new("big/new.parquet", b"late zombie") is False
+    assert store.get("big/new.parquet") == data
+
+
+def test_put_new_after_delete_writes_again(store: ObjectStore) -> None:
+    store.put_new("a/again.parquet", b"one")
+    store.delete("a/again.parquet")
+    assert store.put_new("a/again.parquet", b"two") is True
+    assert store.get("a/again.parquet") == b"two"
+
+
 def test_list_by_prefix_is_exact_recursive_and_sorted(store: ObjectStore) -> None:
     objects = {
         "equipment_metrics/minute/20250524_1300_a.parquet": b"a" * 10,
@@ -150,6 +172,7 @@ def test_local_put_leaves_no_temp_files(tmp_path: Path) -> None:
     for i in range(5):
         store.put(f"d/{i}.parquet", PAYLOAD)
     store.put("d/0.parquet", b"overwritten")
+    assert store.put_new("d/0.parquet", b"refused") is False
     store.check()
     assert _temp_files(tmp_path) == []
     assert sorted(p.name for p in (tmp_path / "fms-data" / "d").iterdir()) == [f"{i}.parquet" for i in range(5)]
@@ -210,7 +233,13 @@ def test_s3_wrong_credentials_are_fatal() -> None:
                 minio_secret_key=secret,
             )
         )
-        for call in (store.check, lambda: store.put("k.parquet", b"x"), lambda: store.get("k.parquet")):
+        calls = (
+            store.check,
+            lambda: store.put("k.parquet", b"x"),
+            lambda: store.put_new("k.parquet", b"x"),  # 403 is an error, never "already written"
+            lambda: store.get("k.parquet"),
+        )
+        for call in calls:
             with pytest.raises(FatalError) as info:
                 call()
             assert not isinstance(info.value, ObjectNotFound)
