@@ -2,10 +2,14 @@
 
 The fast path wraps a batch of schemaless Avro records into one Avro object-container block so
 that ``polars.read_avro`` decodes the whole batch in native code. Each record is prefixed with its
-index in the batch (an Avro ``long``), and the container schema is ``{_idx: long, rec: <schema>}``:
-after decoding, ``_idx`` must read 0..n-1, which proves that every record consumed exactly its own
-bytes. A corrupt record shifts that sequence (or fails the decode), and the caller falls back to
-per-record decoding to isolate it.
+index in the batch (an Avro ``long``), and the container schema is the record schema with a leading
+``_fms_idx: long`` field: after decoding, ``_fms_idx`` must read 0..n-1, which proves that every
+record consumed exactly its own bytes. A corrupt record shifts that sequence (or fails the decode),
+and the caller falls back to per-record decoding to isolate it.
+
+The container is written into a buffer that each thread reuses from batch to batch, and strings
+are declared as ``bytes`` (same encoding, read faster) and cast back to strings in one call, which
+checks their UTF-8: a string that is not UTF-8 fails the block like any other corrupt record.
 """
 
 from __future__ import annotations
@@ -163,6 +167,26 @@ def _buffer() -> io.BytesIO:
     return buffer
 
 
+def _fill(buffer: io.BytesIO, header: bytes, values: list[bytes]) -> None:
+    """Write ``values`` into ``buffer`` as one numbered container block (see the module docstring)."""
+    n = len(values)
+    parts: list[bytes] = [b""] * (2 * n)
+    parts[0::2] = index_prefixes(n)
+    parts[1::2] = values
+    buffer.seek(0)
+    buffer.write(header)
+    buffer.write(zigzag_varint(n))
+    size_at = buffer.tell()
+    buffer.write(bytes(_SIZE_WIDTH))  # the block size, written once the records are in
+    buffer.writelines(parts)
+    size = buffer.tell() - size_at - _SIZE_WIDTH
+    buffer.write(_SYNC_MARKER)
+    buffer.truncate()
+    buffer.seek(size_at)
+    buffer.write(_padded_varint(size))
+    buffer.seek(0)
+
+
 def decode_block(
     schema_json: str, values: list[bytes], header_bytes: int = 0, row_column: str | None = None
 ) -> pl.DataFrame | None:
@@ -173,23 +197,14 @@ def decode_block(
     (0..n-1, Int64) are kept as that column.
     """
     n = len(values)
-    parts: list[bytes] = [b""] * (2 * n)
-    parts[0::2] = index_prefixes(n)
-    parts[1::2] = values
+    header = _container_header(schema_json, header_bytes)
     buffer = _buffer()
     try:
-        buffer.seek(0)
-        buffer.write(_container_header(schema_json, header_bytes))
-        buffer.write(zigzag_varint(n))
-        size_at = buffer.tell()
-        buffer.write(bytes(_SIZE_WIDTH))  # the block size, written once the records are in
-        buffer.writelines(parts)
-        size = buffer.tell() - size_at - _SIZE_WIDTH
-        buffer.write(_SYNC_MARKER)
-        buffer.truncate()
-        buffer.seek(size_at)
-        buffer.write(_padded_varint(size))
-        buffer.seek(0)
+        try:
+            _fill(buffer, header, values)
+        except BufferError:  # a reader still holds a view of the previous batch: take a new buffer
+            buffer = _BUFFERS.buffer = io.BytesIO()
+            _fill(buffer, header, values)
         frame = pl.read_avro(buffer)
     except BaseException as exc:  # noqa: BLE001 - polars raises a PanicException (BaseException)
         if isinstance(exc, KeyboardInterrupt | SystemExit):
