@@ -101,8 +101,8 @@ class BatchDecoder:
         nested = _concat(frames, self.domain)
         # Avro decoded natively cannot hold nulls outside unions: skip the null checks then.
         check_nulls = self._strict_frames < len(frames)
-        # Row i is message i when nothing was set aside and nothing explodes: no gather needed.
-        in_batch_order = not rejected and not self.domain.explode and len(frames) == 1
+        # Row i is message i when nothing was set aside: no gather of the Kafka positions needed.
+        in_batch_order = not rejected and len(frames) == 1
         rows, invalid = _typed_rows(self.domain, nested, batch, collected_at, check_nulls, in_batch_order)
         rejected.extend(invalid)
         rejected.sort(key=lambda r: r.index)
@@ -480,9 +480,9 @@ def _typed_rows(
     plan = _plan(domain)
     rejected: list[Rejected] = []
     if domain.explode:
-        items = nested.get_column(domain.explode)
-        empty = (items.is_null() | (items.list.len() == 0)).arg_true()
-        if not empty.is_empty():
+        sizes = nested.get_column(domain.explode).list.len()
+        if sizes.null_count() or (not sizes.is_empty() and sizes.min() == 0):
+            empty = (sizes.is_null() | (sizes == 0)).arg_true()
             rows = nested.get_column(_ROW).gather(empty).to_list()
             rejected += [Rejected(int(r), SCHEMA_ERROR, f"{domain.explode}[] is missing or empty") for r in rows]
 
