@@ -214,13 +214,16 @@ def decode_block(
     index = frame.get_column(_IDX)
     if frame.height != n or not index.equals(pl.int_range(0, n, eager=True, dtype=pl.Int64), check_names=False):
         return None
-    columns = [c for c in frame.get_columns() if c.name not in (_IDX, _HDR)]
-    if row_column is not None:
-        columns.insert(0, index.alias(row_column))
+    casts = _string_casts(schema_json)
     try:
-        return pl.DataFrame(columns).cast(_string_casts(schema_json))  # type: ignore[arg-type]
+        columns = [
+            c.cast(casts[c.name]) if c.name in casts else c for c in frame.get_columns() if c.name not in (_IDX, _HDR)
+        ]
     except pl.exceptions.PolarsError:  # a string that is not UTF-8
         return None
+    if row_column is not None:
+        columns.insert(0, index.alias(row_column))
+    return pl.DataFrame(columns)
 
 
 def decode_one(payload: bytes, writer: Any, reader: Any | None = None) -> dict[str, Any]:
