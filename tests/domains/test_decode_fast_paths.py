@@ -157,3 +157,16 @@ def test_record_checks_cannot_read_timestamps() -> None:
     domain = Domain(**{**{f: getattr(base, f) for f in base.__dataclass_fields__}, "checks": (check,)})
     with pytest.raises(ValueError, match="timestamp"):
         _decode(domain, [_encode(domain, canonical_example("energy_usage"), "avro")])
+
+
+@pytest.mark.parametrize("name", ["robot_status", "equipment_metrics"])
+def test_rows_do_not_change_when_the_buffer_is_reused(name: str) -> None:
+    domain = DOMAINS[name]
+    first = dict(canonical_example(name))
+    second = dict(canonical_example(name), location="somewhere_else_entirely")
+    a = _decode(domain, [_encode(domain, first, "avro")] * 30)
+    snapshot = a.rows.to_dicts()
+    for n in (300, 10):
+        b = _decode(domain, [_encode(domain, second, "avro")] * n)
+        assert b.rows["location"].unique().to_list() == ["somewhere_else_entirely"]
+    assert a.rows.to_dicts() == snapshot
