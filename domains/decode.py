@@ -521,8 +521,9 @@ def _typed_rows(
     priority: pl.Expr = pl.lit(None, pl.Int32)
     for i in reversed(range(len(rules))):
         priority = pl.when(rules[i][1]).then(pl.lit(i, pl.Int32)).otherwise(priority)
-    ranked = flat.filter(bad).with_columns(priority.alias("_rule")).sort([_ROW, "_rule"]).unique(_ROW, keep="first")
-    ranked_rows = ranked.collect()
+    # Eager sort, then unique: the first row of each message is the one with its first failing rule.
+    ranked_rows = flat.filter(bad).with_columns(priority.alias("_rule")).collect().sort([_ROW, "_rule"])
+    ranked_rows = ranked_rows.unique(_ROW, keep="first")
     for rule_index in ranked_rows.get_column("_rule").unique().to_list():
         reason, _, detail = rules[rule_index]
         hits = ranked_rows.filter(pl.col("_rule") == rule_index).select(_ROW, detail.alias("_detail"))
