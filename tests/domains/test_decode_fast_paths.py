@@ -8,6 +8,7 @@
 
 from __future__ import annotations
 
+import copy
 import struct
 from datetime import UTC, datetime
 from typing import Any
@@ -170,3 +171,40 @@ def test_rows_do_not_change_when_the_buffer_is_reused(name: str) -> None:
         b = _decode(domain, [_encode(domain, second, "avro")] * n)
         assert b.rows["location"].unique().to_list() == ["somewhere_else_entirely"]
     assert a.rows.to_dicts() == snapshot
+
+
+def _domain_with_item_times() -> Domain:
+    """environmental_readings with a time on each reading (``readings[].read_at``)."""
+    base = DOMAINS["environmental_readings"]
+    schema = copy.deepcopy(base.schema)
+    items = next(f for f in schema["fields"] if f["name"] == "readings")["type"]["items"]
+    items["fields"].append({"name": "read_at", "type": "string"})
+    fields = {f: getattr(base, f) for f in base.__dataclass_fields__}
+    domain = Domain(**{**fields, "timestamp_fields": (*base.timestamp_fields, "read_at")})
+    domain.__dict__["schema"] = schema  # the cached schema, instead of a file
+    return domain
+
+
+@pytest.mark.parametrize("fmt", ["json", "avro"])
+def test_timestamps_inside_the_exploded_array(fmt: str) -> None:
+    domain = _domain_with_item_times()
+    records = []
+    for read_at in ("2025-05-24T14:29:59.500Z", "2025-05-24T14:29:58Z", "2025-02-30T00:00:00Z"):
+        record = copy.deepcopy(canonical_example("environmental_readings"))
+        for i, reading in enumerate(record["readings"]):
+            reading["read_at"] = read_at if i else "2025-05-24T14:29:00Z"
+        records.append(record)
+    values: list[bytes | None] = [_encode(domain, r, fmt) for r in records]
+    fast = _decode(domain, values)
+    with pytest.MonkeyPatch.context() as patched:
+        patched.setattr(decode_module, "_parse_fixed_utc", lambda texts: None)
+        _assert_same(fast, _decode(domain, values))
+    assert [(r.index, r.reason, r.detail) for r in fast.rejected] == [
+        (2, SCHEMA_ERROR, "readings[].read_at '2025-02-30T00:00:00Z' is not an ISO-8601 time")
+    ]
+    assert fast.rows["read_at"].to_list() == [
+        datetime(2025, 5, 24, 14, 29, tzinfo=UTC),
+        datetime(2025, 5, 24, 14, 29, 59, 500000, tzinfo=UTC),
+        datetime(2025, 5, 24, 14, 29, tzinfo=UTC),
+        datetime(2025, 5, 24, 14, 29, 58, tzinfo=UTC),
+    ]
