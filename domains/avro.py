@@ -167,6 +167,12 @@ def _buffer() -> io.BytesIO:
     return buffer
 
 
+@lru_cache(maxsize=4)
+def _numbers(n: int) -> pl.Series:
+    """0..n-1 as Int64, what the record numbers of a sound block read (batches mostly share a size)."""
+    return pl.int_range(0, n, eager=True, dtype=pl.Int64)
+
+
 def _fill(buffer: io.BytesIO, header: bytes, values: list[bytes]) -> None:
     """Write ``values`` into ``buffer`` as one numbered container block (see the module docstring)."""
     n = len(values)
@@ -212,7 +218,7 @@ def decode_block(
         _BUFFERS.buffer = None  # start the next batch from a clean buffer
         return None
     index = frame.get_column(_IDX)
-    if frame.height != n or not index.equals(pl.int_range(0, n, eager=True, dtype=pl.Int64), check_names=False):
+    if frame.height != n or not index.equals(_numbers(n), check_names=False):
         return None
     casts = _string_casts(schema_json)
     try:

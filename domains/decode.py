@@ -299,24 +299,44 @@ def _concat(frames: list[pl.DataFrame], domain: Domain) -> pl.DataFrame:
     return pl.concat([f.select(list(schema)).cast(schema) for f in frames], how="vertical")  # type: ignore[arg-type]
 
 
-def _flatten(domain: Domain, frame: pl.LazyFrame) -> pl.LazyFrame:
-    """Explode the domain's array (one row per element, ``item_index``) and flatten its structs."""
+@dataclass(frozen=True)
+class _Flattening:
+    """A domain's explode and struct flattening as expressions, built once."""
+
+    has_items: pl.Expr | None  # rows kept before the explode (None: nothing explodes)
+    item_index: pl.Expr
+    struct_fields: tuple[pl.Expr, ...]  # <field>_<sub> of every flattened struct
+
+
+def _flattening(domain: Domain) -> _Flattening:
     if domain.explode:
         items = pl.col(domain.explode)
+        has_items: pl.Expr | None = items.list.len() > 0
+        item_index = pl.int_ranges(0, items.list.len(), dtype=pl.Int32).alias("item_index")
+    else:
+        has_items, item_index = None, pl.lit(0, pl.Int32).alias("item_index")
+    fields: list[pl.Expr] = []
+    for name in domain.flatten:
+        dtype = domain.nested_schema[name]
+        assert isinstance(dtype, pl.Struct)
+        fields += [pl.col(name).struct.field(sub.name).alias(f"{name}_{sub.name}") for sub in dtype.fields]
+    return _Flattening(has_items, item_index, tuple(fields))
+
+
+def _flatten(domain: Domain, steps: _Flattening, frame: pl.LazyFrame) -> pl.LazyFrame:
+    """Explode the domain's array (one row per element, ``item_index``) and flatten its structs."""
+    if steps.has_items is not None:
+        assert domain.explode
         frame = (
-            frame.filter(items.list.len() > 0)
-            .with_columns(pl.int_ranges(0, items.list.len(), dtype=pl.Int32).alias("item_index"))
+            frame.filter(steps.has_items)
+            .with_columns(steps.item_index)
             .explode([domain.explode, "item_index"])
             .unnest(domain.explode)
         )
     else:
-        frame = frame.with_columns(pl.lit(0, pl.Int32).alias("item_index"))
-    for name in domain.flatten:
-        dtype = domain.nested_schema[name]
-        assert isinstance(dtype, pl.Struct)
-        frame = frame.with_columns(
-            pl.col(name).struct.field(sub.name).alias(f"{name}_{sub.name}") for sub in dtype.fields
-        ).drop(name)
+        frame = frame.with_columns(steps.item_index)
+    if steps.struct_fields:
+        frame = frame.with_columns(steps.struct_fields).drop(domain.flatten)
     return frame
 
 
@@ -395,6 +415,7 @@ class _RowPlan:
     ts_rules: dict[str, Rule]
     check_rules: tuple[Rule, ...]
     columns: tuple[tuple[str, pl.Expr | None], ...]  # final typed columns; None: a per-batch literal
+    flattening: _Flattening
 
 
 _PLANS: dict[int, tuple[Domain, _RowPlan]] = {}
@@ -446,7 +467,9 @@ def _plan(domain: Domain) -> _RowPlan:
         (c, None if inputs[c] is None else inputs[c].cast(t).alias(c))  # type: ignore[union-attr]
         for c, t in domain.flat_schema.items()
     )
-    plan = _RowPlan(tuple(message_ts), tuple(item_ts), null_rules, ts_rules, check_rules, columns)
+    plan = _RowPlan(
+        tuple(message_ts), tuple(item_ts), null_rules, ts_rules, check_rules, columns, _flattening(domain)
+    )
     _PLANS[id(domain)] = (domain, plan)
     return plan
 
@@ -498,7 +521,7 @@ def _typed_rows(
     failing = _grew_nulls(names, texts, parsed)
     in_order = in_batch_order and nested.height == len(batch)
     provenance = _provenance(batch, None if in_order else nested.get_column(_ROW))
-    flat = _flatten(domain, nested.hstack([*parsed, *provenance]).lazy())
+    flat = _flatten(domain, plan.flattening, nested.hstack([*parsed, *provenance]).lazy())
     if plan.item_ts:
         items_frame = flat.collect(optimizations=_AS_WRITTEN)
         item_texts = [items_frame.get_column(ts) for ts in plan.item_ts]
