@@ -221,7 +221,7 @@ class Backfill(Collector):
                 self.store.put(self.done_key, json.dumps({"finished_at": self.clock().isoformat()}).encode())
         finally:
             self.consumer.close()
-            self.producer.flush(10)
+            self.dlq.close(10)
         self.report(final=True)
 
     def _caught_up(self) -> bool:

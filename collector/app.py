@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import logging
 import os
-import random
 import signal
 import socket
 import threading
@@ -18,7 +17,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 
 import polars as pl
-from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
+from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
 
 from anomaly import AnomalyEngine, Dimensions, EngineConfig, EngineState, flag_schema
 from anomaly.records import alarm_dicts as _alarm_dicts
@@ -28,6 +27,7 @@ from collector.dlq import DlqPublisher
 from collector.http import HealthState, serve
 from collector.offsets import EventTimeTracker, OffsetTracker, PendingAgeTracker
 from collector.parquet import encode_rows, stored_positions, verify
+from common.backoff import Backoff, ThrottledLog, ThrottleFilter
 from common.errors import CollectorError, FatalError, TransientError
 from common.layout import minute_key, position_suffix
 from common.progress import PartitionProgress, progress_key
@@ -41,35 +41,24 @@ from storage.base import ObjectNotFound, ObjectStore
 
 log = logging.getLogger("collector")
 
+
+def _kafka_log_key(record: logging.LogRecord) -> str:
+    # confluent-kafka logs librdkafka's lines as ("%s [%s] %s", facility, client, text).
+    args = record.args if isinstance(record.args, tuple) else ()
+    return "|".join(str(a) for a in args[:2])
+
+
+# librdkafka's own log lines (connection failures every reconnect while the broker is down, ...), in the
+# same structured format as ours and at most one per facility, client and level every 30 s.
+KAFKA_LOG = logging.getLogger("collector.kafka")
+KAFKA_LOG.addFilter(ThrottleFilter(_kafka_log_key))
+
 Clock = Callable[[], datetime]
 
 
 def utc_now() -> datetime:
     """The wall clock, as an aware UTC datetime."""
     return datetime.now(UTC)
-
-
-class Backoff:
-    """Exponential backoff with full jitter, capped."""
-
-    def __init__(self, base: float = 0.5, cap: float = 15.0) -> None:
-        self.base, self.cap, self.failures = base, cap, 0
-        self.next_attempt = 0.0
-
-    def failed(self) -> float:
-        """Register a failure; returns the delay before the next attempt."""
-        self.failures += 1
-        delay = random.uniform(self.base, min(self.cap, self.base * 2**self.failures))  # noqa: S311
-        self.next_attempt = time.monotonic() + delay
-        return delay
-
-    def succeeded(self) -> None:
-        """Reset after a success."""
-        self.failures, self.next_attempt = 0, 0.0
-
-    def ready(self) -> bool:
-        """Whether the next attempt may run now."""
-        return time.monotonic() >= self.next_attempt
 
 
 class Collector:
@@ -96,6 +85,7 @@ class Collector:
         self._partition_counts: dict[str, int] = {}
         self.health = HealthState(stall_seconds=max(60.0, settings.shutdown_timeout_seconds))
         self.backoff = Backoff()
+        self._kafka_errors = ThrottledLog(log)
         self.paused = False
         self.stopping = threading.Event()
         self._last_commit = time.monotonic()
@@ -122,9 +112,10 @@ class Collector:
                 # New partitions of a subscribed topic are found by the metadata refresh (default 5 min).
                 "topic.metadata.refresh.interval.ms": 30_000,
                 "error_cb": self._on_kafka_error,
+                "logger": KAFKA_LOG,
             }
         )
-        self.producer = Producer(
+        self.dlq = DlqPublisher(
             {
                 **kafka.client_config(),
                 "client.id": f"fms-collector-dlq-{self.writer_id}",
@@ -132,10 +123,10 @@ class Collector:
                 "enable.idempotence": True,
                 "linger.ms": 5,
                 "partitioner": "murmur2_random",
-                "error_cb": self._on_kafka_error,
-            }
+                "logger": KAFKA_LOG,
+            },
+            self.tracker,
         )
-        self.dlq = DlqPublisher(self.producer, self.tracker)
         # Knobs the backfill turns off: minute-due flushing (it flushes by size), alarms, sweeps.
         self.flush_when_due = True
         self.publish_alarms = True
@@ -163,7 +154,7 @@ class Collector:
             self.shutdown()
         finally:
             self.consumer.close()
-            self.producer.flush(5)
+            self.dlq.close(5)
             if stop_http:
                 stop_http()
 
@@ -696,11 +687,13 @@ class Collector:
         log.warning("consume error", extra={"error": error.str()})
 
     def _on_kafka_error(self, error: KafkaError) -> None:
+        """The consumer's error callback: fatal stops the collector; others (the broker unreachable, ...)
+        are retried by librdkafka and logged at most every 30 s per error code."""
         if error.fatal():
             log.error("fatal Kafka error", extra={"error": error.str()})
             self.stop()
         else:
-            log.warning("Kafka client error", extra={"error": error.str()})
+            self._kafka_errors.log(logging.WARNING, str(error.code()), "Kafka client error", {"error": error.str()})
 
     def update_lag(self) -> None:
         """Consumer lag per topic (messages), and how much of each topic's retention the oldest message

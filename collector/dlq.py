@@ -2,7 +2,9 @@
 position in headers) and alarms to ``iot.alarm_log`` (JSON keyed by entity).
 
 Every record tied to a source message holds back that message's offset until the broker
-acknowledges it; a failed delivery is produced again, so nothing is committed before it is out.
+acknowledges it; a failed delivery is produced again (with backoff while the topic keeps refusing), so
+nothing is committed before it is out. A producer that can no longer deliver anything (a fatal error,
+e.g. fenced after a refused record) is replaced by a new one, and what it still held is produced again.
 """
 
 from __future__ import annotations
@@ -13,16 +15,22 @@ import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
 from confluent_kafka import KafkaError, KafkaException, Message, Producer
 
 from collector import metrics
 from collector.offsets import OffsetTracker
+from common.backoff import Backoff, ThrottledLog
 from domains import ALARM_TOPIC
 from domains.base import Domain
 from domains.decode import Rejected
 
 log = logging.getLogger(__name__)
+
+# Delivery errors after which this producer instance delivers nothing more: it must be replaced.
+_PRODUCER_GONE = frozenset({KafkaError._FATAL, KafkaError._FENCED, KafkaError.PRODUCER_FENCED,
+                            KafkaError.INVALID_PRODUCER_EPOCH})  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -55,11 +63,33 @@ class DlqPublisher:
     so its source offset is never committed before the DLQ holds it.
     """
 
-    def __init__(self, producer: Producer, tracker: OffsetTracker) -> None:
-        self._producer = producer
+    def __init__(self, config: dict[str, Any], tracker: OffsetTracker) -> None:
+        self._config = {**config, "error_cb": self._on_error}
+        self._producer = Producer(self._config)
         self._tracker = tracker
         self._failed: list[tuple[DlqRecord, datetime]] = []
         self._failed_alarms: list[tuple[dict[str, object], tuple[str, int] | None, int | None]] = []
+        self._backoff = Backoff(base=0.5, cap=10.0)
+        self._throttled = ThrottledLog(log)
+        self._replace_producer = False
+        self.producers_created = 1
+
+    def _on_error(self, error: KafkaError) -> None:
+        """The producer's error callback: a fatal error retires it; others are logged, throttled."""
+        if error.fatal():
+            self._replace_producer = True
+            self._throttled.log(logging.WARNING, "fatal", "DLQ producer failed for good; replacing it",
+                                {"error": error.str()})  # fmt: skip
+        else:
+            self._throttled.log(logging.WARNING, f"error-{error.code()}", "Kafka producer error",
+                                {"error": error.str()})  # fmt: skip
+
+    def _delivery_failed(self, err: KafkaError, what: str, topic: str) -> None:
+        if err.code() in _PRODUCER_GONE or err.fatal():
+            self._replace_producer = True
+        metrics.DLQ_DELIVERY_FAILURES.labels(topic).inc()
+        self._throttled.log(logging.WARNING, f"{what}-{topic}-{err.code()}", f"{what} delivery failed, will retry",
+                            {"error": str(err), "topic": topic})  # fmt: skip
 
     def publish(self, domain: Domain, messages: list[Message], rejected: list[Rejected], now: datetime) -> None:
         """Send every rejected message of a decoded batch to the domain's DLQ topic."""
@@ -83,7 +113,7 @@ class DlqPublisher:
                     self._tracker.dlq_acknowledged(tp, offset)
                 metrics.ALARMS.labels(str(alarm.get("domain")), str(alarm.get("rule"))).inc()
             else:
-                log.warning("alarm delivery failed, will retry", extra={"error": str(err)})
+                self._delivery_failed(err, "alarm", ALARM_TOPIC.name)
                 self._failed_alarms.append((alarm, tp, offset))  # still owed: its offset stays held
 
         self._produce(ALARM_TOPIC.name, key, value, [("alarm.id", str(alarm.get("alarm_id")).encode())], on_delivery)
@@ -131,7 +161,7 @@ class DlqPublisher:
                 self._tracker.dlq_acknowledged(tp, offset)  # the stand-in re-registers it
                 self._send(record, detected_at, stand_in=True)
             else:
-                log.warning("DLQ delivery failed, will retry", extra={"error": str(err), "topic": tp[0]})
+                self._delivery_failed(err, "DLQ", record.domain.dlq_topic.name)
                 self._failed.append((record, detected_at))
 
         while True:
@@ -157,7 +187,16 @@ class DlqPublisher:
                 return
 
     def retry_failed(self) -> None:
-        """Produce again the records whose delivery failed (their offsets are still held back)."""
+        """Produce again the records whose delivery failed (their offsets are still held back), once the
+        backoff allows; first replace the producer if it can deliver nothing more."""
+        if self._replace_producer:
+            self._renew_producer()
+        if not (self._failed or self._failed_alarms):
+            self._backoff.succeeded()
+            return
+        if not self._backoff.ready():
+            return
+        self._backoff.failed()  # the next retry waits longer unless this round's deliveries succeed
         failed, self._failed = self._failed, []
         for record, detected_at in failed:
             tp = (record.source.topic() or "", record.source.partition() or 0)
@@ -167,7 +206,19 @@ class DlqPublisher:
         for alarm, source, offset in alarms:
             if source is not None and offset is not None:
                 self._tracker.dlq_acknowledged(source, offset)
-            self.publish_alarm(alarm, tp, offset)
+            self.publish_alarm(alarm, source, offset)
+
+    def _renew_producer(self) -> None:
+        """Retire the current producer (what it still holds fails back into the retry lists) and start a
+        new one; on Tansu a refused record fences the idempotent producer for good."""
+        old = self._producer
+        old.purge(in_queue=True, in_flight=True)
+        old.flush(1.0)  # serves the purged records' delivery callbacks: they land in the retry lists
+        self._producer = Producer(self._config)
+        self._replace_producer = False
+        self.producers_created += 1
+        metrics.DLQ_PRODUCERS_CREATED.inc()
+        log.warning("DLQ producer replaced", extra={"records_to_resend": len(self._failed) + len(self._failed_alarms)})
 
     def poll(self) -> None:
         """Serve delivery callbacks."""
@@ -177,3 +228,7 @@ class DlqPublisher:
         """Wait for in-flight records; returns how many are still not acknowledged."""
         self._producer.flush(timeout)
         return self._tracker.dlq_in_flight()
+
+    def close(self, timeout: float) -> None:
+        """Deliver what is in flight, within ``timeout`` seconds."""
+        self._producer.flush(timeout)

@@ -14,6 +14,13 @@ ROWS_OUT = Counter("fms_rows_written", "Rows stored in minute files", ["domain"]
 DLQ_ROWS_OUT = Counter("fms_dlq_rows_written", "DLQ records stored as Parquet under <domain>/_dlq/minute/",
                        ["domain"], registry=REGISTRY)
 DLQ_RECORDS = Counter("fms_dlq_records", "Records sent to the DLQ", ["domain", "reason"], registry=REGISTRY)
+DLQ_DELIVERY_FAILURES = Counter(
+    "fms_dlq_delivery_failures", "DLQ and alarm records the broker did not acknowledge (each is produced again)",
+    ["topic"], registry=REGISTRY,
+)
+DLQ_PRODUCERS_CREATED = Counter(
+    "fms_dlq_producer_replacements", "DLQ producers replaced after a fatal error (e.g. fenced)", registry=REGISTRY
+)
 FILES_WRITTEN = Counter("fms_files_written", "Minute files stored", ["domain"], registry=REGISTRY)
 FILES_ALREADY_STORED = Counter(
     "fms_files_already_stored", "Minute files found already stored under their position-derived name (kept, not "
