@@ -1,6 +1,7 @@
 """Create the domain, DLQ and ``iot.alarm_log`` topics with SPEC's partitions, compression and retention.
 
-``python -m collector create-topics [--replication N] [--wait]``; KAFKA_BROKERS names the cluster.
+``python -m collector create-topics [--replication N] [--wait]``; KAFKA_BROKERS names the cluster, and the
+collector's KAFKA_SECURITY_PROTOCOL / KAFKA_SASL_* / KAFKA_SSL_* settings apply.
 Existing topics are left as they are (reported), so the command is safe to re-run.
 """
 
@@ -10,12 +11,16 @@ import argparse
 import os
 import sys
 import time
+from collections.abc import Mapping
+from typing import Any
 
 from confluent_kafka import KafkaError, KafkaException
 from confluent_kafka.admin import AdminClient, NewTopic
 
+from common.errors import ConfigError
 from domains import ALARM_TOPIC, DOMAINS
 from domains.base import TopicSpec
+from settings import kafka_settings
 
 
 def all_topics() -> list[TopicSpec]:
@@ -26,9 +31,12 @@ def all_topics() -> list[TopicSpec]:
     return [*specs, ALARM_TOPIC]
 
 
-def create_topics(bootstrap: str, replication: int = 1, timeout: float = 30.0) -> dict[str, str]:
-    """Create missing topics; returns topic → 'created' | 'exists'."""
-    admin = AdminClient({"bootstrap.servers": bootstrap})
+def create_topics(
+    bootstrap: str, replication: int = 1, timeout: float = 30.0, client_config: Mapping[str, Any] | None = None
+) -> dict[str, str]:
+    """Create missing topics; returns topic → 'created' | 'exists'. ``client_config``: librdkafka security
+    settings (TLS/SASL, as :meth:`settings.KafkaSettings.client_config` gives them)."""
+    admin = AdminClient({**(client_config or {}), "bootstrap.servers": bootstrap})
     new = [
         NewTopic(s.name, num_partitions=s.partitions, replication_factor=replication, config=s.config())
         for s in all_topics()
@@ -57,9 +65,14 @@ def main(argv: list[str]) -> int:
     if not args.brokers:
         print("create-topics: KAFKA_BROKERS: is required (host:port)", file=sys.stderr)
         return 2
+    try:  # the same security settings (KAFKA_SECURITY_PROTOCOL, KAFKA_SASL_*, KAFKA_SSL_*) as the collector
+        client = kafka_settings({**os.environ, "KAFKA_BROKERS": args.brokers}, "fms-create-topics").client_config()
+    except ConfigError as exc:
+        print(f"create-topics: {exc}", file=sys.stderr)
+        return 2
     for attempt in range(args.retries):
         try:
-            outcome = create_topics(args.brokers, args.replication)
+            outcome = create_topics(args.brokers, args.replication, client_config=client)
             break
         except KafkaException as exc:
             if attempt == args.retries - 1:

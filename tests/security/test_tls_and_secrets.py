@@ -26,6 +26,7 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
+from collector.topics import all_topics
 from domains import DOMAINS
 from embedded.servers import MotoS3Server
 from storage.factory import StorageConfig, open_store
@@ -103,7 +104,15 @@ def tls_run(moto_server: MotoS3Server, tmp_path_factory: pytest.TempPathFactory)
     messages = TrafficGenerator(seed=31, fault_rates=spread_rate(0.05), start=datetime.now(UTC) - timedelta(hours=1))
     batch = messages.generate(300)
     with KafkaOverTls(pki, root / "broker") as kafka, TlsProxy(moto_server.port, pki) as https:
-        create_all_topics(kafka.client_config())
+        # The bootstrap command operators run, over mutual TLS with the collector's settings.
+        created = subprocess.run(
+            [sys.executable, "-m", "collector", "create-topics", "--retries", "3"],
+            env={**os.environ, **kafka.env()}, cwd=ROOT, capture_output=True, text=True, timeout=120,
+        )  # fmt: skip
+        assert created.returncode == 0, created.stderr
+        assert sorted(line.split()[1] for line in created.stdout.splitlines() if line.startswith("created")) == sorted(
+            s.name for s in all_topics()
+        )
         assert produce_generated(kafka.client_config(), batch) == len(batch)
         env = {
             **kafka.env(),
