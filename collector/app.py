@@ -83,6 +83,7 @@ class Collector:
         self._next_progress = 0.0
         self._last_poll = time.monotonic()
         self._partition_counts: dict[str, int] = {}
+        self._next_partition_counts = 0.0
         self.health = HealthState(stall_seconds=max(60.0, settings.shutdown_timeout_seconds))
         self.backoff = Backoff()
         self._kafka_errors = ThrottledLog(log)
@@ -533,7 +534,7 @@ class Collector:
     def write_progress(self, partitions: set[tuple[str, int]]) -> None:
         """Store each partition's progress (``_progress/<group>/<topic>/<p>.json``) for completeness markers."""
         now = self.clock()
-        counts = {topic: self._partition_count(topic) for topic in {t for t, _ in partitions}}
+        counts = self._partition_counts_of({t for t, _ in partitions})
         for topic, partition in sorted(partitions):
             tp = TopicPartition(topic, partition)
             committed = self.tracker.committed_offset((topic, partition))
@@ -566,16 +567,21 @@ class Collector:
                 log.warning("progress not stored; retried next interval", extra={"error": str(exc)})
                 return
 
-    def _partition_count(self, topic: str) -> int:
-        """Partitions of ``topic`` from the broker's metadata (the last known count if it cannot answer)."""
-        try:
-            metadata = self.consumer.list_topics(topic, timeout=5)
-            count = len(metadata.topics[topic].partitions)
-            if count:
-                self._partition_counts[topic] = count
-        except (KafkaException, KeyError):
-            pass
-        return self._partition_counts.get(topic, 0)
+    def _partition_counts_of(self, topics: set[str]) -> dict[str, int]:
+        """Partitions per topic from the broker's metadata: one request for all topics, at most once a
+        minute (a blocking round trip in the main loop), the last known counts in between or when the
+        broker cannot answer."""
+        if topics - self._partition_counts.keys() or time.monotonic() >= self._next_partition_counts:
+            self._next_partition_counts = time.monotonic() + 60.0
+            try:
+                metadata = self.consumer.list_topics(timeout=5)
+                for topic in self.settings.kafka.kafka_topic:
+                    count = len(metadata.topics[topic].partitions) if topic in metadata.topics else 0
+                    if count:
+                        self._partition_counts[topic] = count
+            except KafkaException:
+                pass
+        return {topic: self._partition_counts.get(topic, 0) for topic in topics}
 
     # -- rebalance ------------------------------------------------------------------------------
 
