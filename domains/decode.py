@@ -90,14 +90,20 @@ class BatchDecoder:
         self.resolver = resolver or SchemaResolver([domain])
         self.wire_format = wire_format
         self._strict_frames = 0
+        self._whole_block_failed = False
 
     def decode(self, batch: MessageBatch, collected_at: datetime) -> DecodedBatch:
         """Decode, validate and flatten ``batch``; ``collected_at`` is stamped on every row."""
         rejected: list[Rejected] = []
         frames: list[pl.DataFrame] = []
         self._strict_frames = 0
-        for fmt, indices in self._group_by_format(batch, rejected):
-            frames.extend(self._decode_group(fmt, batch, indices, rejected))
+        self._whole_block_failed = False
+        whole = self._raw_avro_batch(batch)
+        if whole is not None:
+            frames.append(whole)
+        else:
+            for fmt, indices in self._group_by_format(batch, rejected):
+                frames.extend(self._decode_group(fmt, batch, indices, rejected))
         nested = _concat(frames, self.domain)
         # Avro decoded natively cannot hold nulls outside unions: skip the null checks then.
         check_nulls = self._strict_frames < len(frames)
@@ -109,6 +115,33 @@ class BatchDecoder:
         return DecodedBatch(domain=self.domain, rows=rows, rejected=rejected)
 
     # -- format detection -------------------------------------------------------------------
+
+    def _raw_avro_batch(self, batch: MessageBatch) -> pl.DataFrame | None:
+        """The whole batch decoded as raw Avro, when that is what detection would have chosen.
+
+        Detection sets apart a value starting with 0x00 (Confluent) or with a JSON start. Instead of
+        looking at every first byte first, the batch is decoded as one block, and the decoded first
+        field tells the first bytes: when it is a string, a value starts with the Avro long of its
+        length, a byte of 2 * length below 64 (a negative length, an odd byte, fails the block). So
+        a value starts with 0x00, "\\n" or " " exactly when that length is 0, 5 or 16. ``None``
+        (then detection and decoding as usual) when the block fails or such a length is there.
+        """
+        values = batch.values
+        text_first = self.domain.schema["fields"][0]["type"] in ("string", "bytes")
+        if self.wire_format is not WireFormat.AUTO or not text_first or not values or not values[0]:
+            return None
+        if values[0][0] == 0 or values[0][0] in _JSON_STARTS:  # type: ignore[index]
+            return None
+        frame = avro.decode_block(self.domain.schema_json, values, 0, _ROW)  # type: ignore[arg-type]
+        if frame is None:
+            self._whole_block_failed = True  # detection will find raw Avro again: do not retry the block
+            return None
+        first = frame.get_column(self.domain.schema["fields"][0]["name"])
+        lengths = first.bin.size() if first.dtype == pl.Binary else first.str.len_bytes()
+        if lengths.is_in(_LENGTHS_OF_SET_APART_STARTS).any():
+            return None
+        self._strict_frames += 1
+        return frame
 
     def _group_by_format(
         self, batch: MessageBatch, rejected: list[Rejected]
@@ -152,7 +185,8 @@ class BatchDecoder:
         if fmt is WireFormat.JSON:
             return [self._decode_json(values, rows, rejected)]
         if fmt is WireFormat.AVRO:
-            frame = self._decode_block(values, rows, 0)
+            whole_failed = indices is None and self._whole_block_failed
+            frame = None if whole_failed else self._decode_block(values, rows, 0)
             if frame is not None:
                 return [frame]
             return [self._decode_avro_each(values, rows, self.domain.parsed_schema, 0, rejected)]
@@ -249,6 +283,8 @@ class BatchDecoder:
 
 
 _JSON_STARTS = frozenset(b"{ \t\r\n")
+# Lengths of a leading Avro string whose encoding starts with 0x00, "\n" or " " (bytes 2 * length).
+_LENGTHS_OF_SET_APART_STARTS = [0, 5, 16]
 
 
 def _uniform_format(values: Sequence[bytes | None]) -> WireFormat | None:

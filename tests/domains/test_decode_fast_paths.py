@@ -208,3 +208,23 @@ def test_timestamps_inside_the_exploded_array(fmt: str) -> None:
         datetime(2025, 5, 24, 14, 29, tzinfo=UTC),
         datetime(2025, 5, 24, 14, 29, 58, tzinfo=UTC),
     ]
+
+
+@pytest.mark.parametrize("name", list(DOMAINS))
+@pytest.mark.parametrize("first_field", ["", "12345", "2025-05-24T14:20", "2025-05-24T14:20:00Z"])
+def test_whole_batch_block_agrees_with_per_message_detection(name: str, first_field: str) -> None:
+    # A raw Avro value whose first string has 0, 5 or 16 bytes starts with 0x00, "\n" or " ": format
+    # detection sets it apart (as Confluent or JSON); the whole-batch block must not keep it as Avro.
+    domain = DOMAINS[name]
+    good = canonical_example(name)
+    odd = dict(good, **{domain.schema["fields"][0]["name"]: first_field})
+    batches: list[list[bytes | None]] = [
+        [_encode(domain, good, "avro"), _encode(domain, odd, "avro"), _encode(domain, good, "avro")],
+        [_encode(domain, good, "avro"), _encode(domain, good, "json"), _encode(domain, odd, "avro")],
+        [_encode(domain, good, "avro"), None, _encode(domain, good, "avro-confluent")],
+    ]
+    for values in batches:
+        whole = _decode(domain, values)
+        with pytest.MonkeyPatch.context() as patched:
+            patched.setattr(BatchDecoder, "_raw_avro_batch", lambda self, batch: None)
+            _assert_same(whole, _decode(domain, values))
