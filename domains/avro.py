@@ -107,22 +107,40 @@ def _strings_as_bytes(avro_type: Any) -> Any:
     return {**avro_type, "type": _strings_as_bytes(kind)}
 
 
+def inline_records(record: dict[str, Any], names: tuple[str, ...]) -> dict[str, Any]:
+    """``record`` with each record-typed field of ``names`` replaced by its fields, ``<name>_<sub>``.
+
+    A record is encoded as its fields one after the other, so the encoding does not change.
+    """
+    fields: list[dict[str, Any]] = []
+    for field in record["fields"]:
+        if field["name"] not in names:
+            fields.append(field)
+            continue
+        kind = field["type"]
+        if not isinstance(kind, dict) or kind.get("type") != "record":
+            raise ValueError(f"field {field['name']} is not a record: it cannot be inlined")
+        fields += [{**sub, "name": f"{field['name']}_{sub['name']}"} for sub in kind["fields"]]
+    return {**record, "fields": fields}
+
+
 @lru_cache(maxsize=64)
-def _string_casts(schema_json: str) -> dict[str, pl.DataType]:
+def _string_casts(schema_json: str, inline: tuple[str, ...]) -> dict[str, pl.DataType]:
     """Columns read as bytes by the container and the string dtypes they are cast back to."""
-    record = json.loads(schema_json)
+    record = inline_records(json.loads(schema_json), inline)
     as_read = polars_schema(_strings_as_bytes(record))
     return {name: dtype for name, dtype in polars_schema(record).items() if as_read[name] != dtype}
 
 
 @lru_cache(maxsize=64)
-def _container_header(schema_json: str, header_bytes: int) -> bytes:
+def _container_header(schema_json: str, header_bytes: int, inline: tuple[str, ...]) -> bytes:
     # The container schema is the record schema with leading fields for the index (and the skipped
     # framing bytes). A record encoding is the concatenation of its fields, so "index + header +
-    # value" is a valid encoding of it, and the columns come out flat, with no struct to unnest.
+    # value" is a valid encoding of it, and the columns come out flat, with no struct to unnest;
+    # for the same reason the fields of the records in ``inline`` are read as top-level columns.
     # Strings are declared as bytes (the same encoding): polars reads bytes faster than strings,
     # and one cast afterwards checks the UTF-8 of every column at once (see _string_casts).
-    record = _strings_as_bytes(json.loads(schema_json))
+    record = _strings_as_bytes(inline_records(json.loads(schema_json), inline))
     leading: list[dict[str, Any]] = [{"name": _IDX, "type": "long"}]
     if header_bytes:
         leading.append({"name": _HDR, "type": {"type": "fixed", "name": "FmsHdr", "size": header_bytes}})
@@ -194,16 +212,21 @@ def _fill(buffer: io.BytesIO, header: bytes, values: list[bytes]) -> None:
 
 
 def decode_block(
-    schema_json: str, values: list[bytes], header_bytes: int = 0, row_column: str | None = None
+    schema_json: str,
+    values: list[bytes],
+    header_bytes: int = 0,
+    row_column: str | None = None,
+    inline: tuple[str, ...] = (),
 ) -> pl.DataFrame | None:
     """Decode schemaless Avro records in one native call; ``None`` if any record is malformed.
 
     ``header_bytes`` skips a fixed-size prefix on every value (5 for Confluent framing), so the
     framed values need no per-record slicing in Python. With ``row_column`` the record numbers
-    (0..n-1, Int64) are kept as that column.
+    (0..n-1, Int64) are kept as that column. The record fields named in ``inline`` come out as
+    columns ``<name>_<sub>`` instead of a struct (see :func:`inline_records`).
     """
     n = len(values)
-    header = _container_header(schema_json, header_bytes)
+    header = _container_header(schema_json, header_bytes, inline)
     buffer = _buffer()
     try:
         try:
@@ -220,7 +243,7 @@ def decode_block(
     index = frame.get_column(_IDX)
     if frame.height != n or not index.equals(_numbers(n), check_names=False):
         return None
-    casts = _string_casts(schema_json)
+    casts = _string_casts(schema_json, inline)
     try:
         columns = [
             c.cast(casts[c.name]) if c.name in casts else c for c in frame.get_columns() if c.name not in (_IDX, _HDR)

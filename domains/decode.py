@@ -132,7 +132,8 @@ class BatchDecoder:
             return None
         if values[0][0] == 0 or values[0][0] in _JSON_STARTS:  # type: ignore[index]
             return None
-        frame = avro.decode_block(self.domain.schema_json, values, 0, _ROW)  # type: ignore[arg-type]
+        inline = _shape(self.domain).inline
+        frame = avro.decode_block(self.domain.schema_json, values, 0, _ROW, inline)  # type: ignore[arg-type]
         if frame is None:
             self._whole_block_failed = True  # detection will find raw Avro again: do not retry the block
             return None
@@ -226,7 +227,9 @@ class BatchDecoder:
     def _decode_block(self, values: list[bytes], rows: Sequence[int], header_bytes: int) -> pl.DataFrame | None:
         """The fast path: all values in one native decode, with their batch positions as ``_row``."""
         numbered = isinstance(rows, range) and rows.start == 0 and rows.step == 1
-        frame = avro.decode_block(self.domain.schema_json, values, header_bytes, _ROW if numbered else None)
+        frame = avro.decode_block(
+            self.domain.schema_json, values, header_bytes, _ROW if numbered else None, _shape(self.domain).inline
+        )
         if frame is None:
             return None
         self._strict_frames += 1
@@ -253,7 +256,7 @@ class BatchDecoder:
             try:
                 frame = pl.read_ndjson(io.BytesIO(blob), schema=self.domain.nested_schema)
                 if frame.height == len(values):
-                    return frame.with_columns(_row_column(rows))
+                    return _widen(frame.with_columns(_row_column(rows)), self.domain)
             except Exception:  # noqa: BLE001,S110 - the per-record path below names the culprit
                 pass
         records: list[dict[str, Any]] = []
@@ -279,7 +282,7 @@ class BatchDecoder:
         schema = self.domain.nested_schema
         trimmed = [{k: r.get(k) for k in schema} for r in records]
         frame = pl.from_dicts(trimmed, schema=schema, strict=False) if trimmed else pl.DataFrame(schema=schema)
-        return frame.with_columns(_row_column(rows))
+        return _widen(frame.with_columns(_row_column(rows)), self.domain)
 
 
 _JSON_STARTS = frozenset(b"{ \t\r\n")
@@ -324,8 +327,58 @@ def _schema_problem(record: dict[str, Any], domain: Domain) -> str | None:
     return None
 
 
+@dataclass(frozen=True)
+class _Shape:
+    """Decoded messages before flattening: the nested schema, with the flattened records inlined.
+
+    The fields of a flattened struct that is a plain Avro record are read by the native Avro decode
+    directly as ``<name>_<sub>`` columns (no struct to build, then to take apart); frames decoded
+    otherwise are widened to the same shape.
+    """
+
+    inline: tuple[str, ...]
+    schema: dict[str, pl.DataType]
+    widen: tuple[pl.Expr, ...]  # from a nested frame to this shape
+
+
+_SHAPES: dict[int, tuple[Domain, _Shape]] = {}
+
+
+def _shape(domain: Domain) -> _Shape:
+    """The shape of ``domain``'s decoded messages, built on first use."""
+    cached = _SHAPES.get(id(domain))
+    if cached is not None and cached[0] is domain:
+        return cached[1]
+    avro_types = {f["name"]: f["type"] for f in domain.schema["fields"]}
+    inline = tuple(
+        name
+        for name in domain.flatten
+        if isinstance(avro_types[name], dict) and avro_types[name].get("type") == "record"
+    )
+    schema: dict[str, pl.DataType] = {}
+    widen: list[pl.Expr] = []
+    for name, dtype in domain.nested_schema.items():
+        if name in inline:
+            assert isinstance(dtype, pl.Struct)
+            for sub in dtype.fields:
+                schema[f"{name}_{sub.name}"] = sub.dtype  # type: ignore[assignment]
+                widen.append(pl.col(name).struct.field(sub.name).alias(f"{name}_{sub.name}"))
+        else:
+            schema[name] = dtype
+            widen.append(pl.col(name))
+    shape = _Shape(inline, schema, tuple(widen))
+    _SHAPES[id(domain)] = (domain, shape)
+    return shape
+
+
+def _widen(frame: pl.DataFrame, domain: Domain) -> pl.DataFrame:
+    """A nested frame (with ``_row``) in the shape of natively decoded ones."""
+    shape = _shape(domain)
+    return frame.select(*shape.widen, pl.col(_ROW)) if shape.inline else frame
+
+
 def _concat(frames: list[pl.DataFrame], domain: Domain) -> pl.DataFrame:
-    schema = {**domain.nested_schema, _ROW: pl.Int64()}
+    schema = {**_shape(domain).schema, _ROW: pl.Int64()}
     frames = [f for f in frames if f.height]
     if not frames:
         return pl.DataFrame(schema=schema)
@@ -352,11 +405,17 @@ def _flattening(domain: Domain) -> _Flattening:
     else:
         has_items, item_index = None, pl.lit(0, pl.Int32).alias("item_index")
     fields: list[pl.Expr] = []
-    for name in domain.flatten:
+    for name in _structs_left(domain):
         dtype = domain.nested_schema[name]
         assert isinstance(dtype, pl.Struct)
         fields += [pl.col(name).struct.field(sub.name).alias(f"{name}_{sub.name}") for sub in dtype.fields]
     return _Flattening(has_items, item_index, tuple(fields))
+
+
+def _structs_left(domain: Domain) -> tuple[str, ...]:
+    """Flattened structs that decoding did not inline (a struct that may be null, for instance)."""
+    inline = _shape(domain).inline
+    return tuple(name for name in domain.flatten if name not in inline)
 
 
 def _flatten(domain: Domain, steps: _Flattening, frame: pl.LazyFrame) -> pl.LazyFrame:
@@ -372,7 +431,7 @@ def _flatten(domain: Domain, steps: _Flattening, frame: pl.LazyFrame) -> pl.Lazy
     else:
         frame = frame.with_columns(steps.item_index)
     if steps.struct_fields:
-        frame = frame.with_columns(steps.struct_fields).drop(domain.flatten)
+        frame = frame.with_columns(steps.struct_fields).drop(_structs_left(domain))
     return frame
 
 
@@ -470,7 +529,8 @@ def _plan(domain: Domain) -> _RowPlan:
             item_ts.append(ts)
         else:
             top, _, sub = path.partition(".")
-            message_ts.append((ts, top, sub))
+            inlined = top in _shape(domain).inline
+            message_ts.append((ts, f"{top}_{sub}", "") if inlined else (ts, top, sub))
     # In priority order: missing fields, then times, then domain rules.
     null_rules = tuple(
         (SCHEMA_ERROR, pl.col(column).is_null(), pl.lit(f"missing or null field '{path}'"))

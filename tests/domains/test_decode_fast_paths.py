@@ -228,3 +228,19 @@ def test_whole_batch_block_agrees_with_per_message_detection(name: str, first_fi
         with pytest.MonkeyPatch.context() as patched:
             patched.setattr(BatchDecoder, "_raw_avro_batch", lambda self, batch: None)
             _assert_same(whole, _decode(domain, values))
+
+
+@pytest.mark.parametrize("name", ["robot_status", "equipment_metrics", "device_status"])
+def test_inlined_records_read_as_their_fields(name: str) -> None:
+    domain = DOMAINS[name]
+    value = _encode(domain, canonical_example(name), "avro")
+    nested = avro.decode_block(domain.schema_json, [value] * 3)
+    inlined = avro.decode_block(domain.schema_json, [value] * 3, inline=("status",))
+    assert nested is not None and inlined is not None
+    widened = nested.select(
+        pl.exclude("status"),
+        *(pl.col("status").struct.field(f).alias(f"status_{f}") for f in nested.schema["status"].to_schema()),  # type: ignore[attr-defined]
+    )
+    assert inlined.select(sorted(inlined.columns)).equals(widened.select(sorted(widened.columns)))
+    with pytest.raises(ValueError, match="not a record"):
+        avro.inline_records(domain.schema, ("timestamp",))
