@@ -127,7 +127,7 @@ class BatchDecoder:
         (then detection and decoding as usual) when the block fails or such a length is there.
         """
         values = batch.values
-        text_first = self.domain.schema["fields"][0]["type"] in ("string", "bytes")
+        text_first = self.domain.schema["fields"][0]["type"] == "string"
         if self.wire_format is not WireFormat.AUTO or not text_first or not values or not values[0]:
             return None
         if values[0][0] == 0 or values[0][0] in _JSON_STARTS:  # type: ignore[index]
@@ -137,9 +137,8 @@ class BatchDecoder:
         if frame is None:
             self._whole_block_failed = True  # detection will find raw Avro again: do not retry the block
             return None
-        first = frame.get_column(self.domain.schema["fields"][0]["name"])
-        lengths = first.bin.size() if first.dtype == pl.Binary else first.str.len_bytes()
-        if lengths.is_in(_LENGTHS_OF_SET_APART_STARTS).any():
+        first = pl.col(self.domain.schema["fields"][0]["name"]).str.len_bytes()
+        if frame.select(first.is_in(_LENGTHS_OF_SET_APART_STARTS).any()).item():
             return None
         self._strict_frames += 1
         return frame
