@@ -6,6 +6,14 @@ decoded in one ``polars.read_avro`` call over the batch wrapped as an Avro conta
 to decode as a whole does the decoder fall back to per-record decoding, which isolates the bad
 records. Validation, flattening and typing are polars expressions over the whole batch.
 
+What a batch costs beyond the native decode, in the order it happens (see ``Benchmarks`` in the
+README): a batch that looks like raw Avro is decoded as one block straight away (its first field
+tells whether per-message format detection would have agreed); timestamps are parsed once per
+message, before any explode, in one Arrow ISO-8601 cast when every value has one of the two fixed
+layouts (else the polars parsers); flattening, typing, provenance and all the record checks run as
+one lazy plan with one ``collect`` that also says whether any row fails; only then are failing rows
+ranked to name each rejected message's reason and detail.
+
 Every input message ends up exactly once either in the rows (one or more rows) or in
 ``rejected`` with one reason and a human-readable detail.
 """
