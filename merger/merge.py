@@ -1,5 +1,11 @@
-"""One merge: download sources to a scratch folder, merge them with DuckDB under a memory limit
-(de-duplicate, sort, zstd), verify the result, then publish it and its manifest.
+"""One merge: download sources to a scratch folder, merge them under a memory limit (de-duplicate,
+sort, zstd), verify the result, then publish it and its manifest.
+
+Sources sorted the way the collector and the merger write them go through the fast merge
+(:mod:`merger.sorted_merge`: every source read once, no global sort, de-duplication only where
+repeats can be) and a read-back check (:mod:`merger.verify`). Datasets it does not handle (a de-dup
+key without the entity or the event time: environmental readings, QC results, DLQ rows) and sources
+it cannot use (two types for one column) go through DuckDB, entity range by entity range.
 
 The publish order is file first, manifest second: a crash in between leaves a file without a
 manifest, which the next run treats as missing and merges again (same name, overwritten).
@@ -17,9 +23,12 @@ from pathlib import Path
 import duckdb
 import pyarrow.parquet as pq
 
+from common.layout import parse_minute_key
 from merger.catalog import Manifest, manifest_key
 from merger.dataset import Dataset
 from merger.periods import Period, file_key
+from merger.sorted_merge import NotMergeable, SourceFile, merge_sorted
+from merger.verify import verify_merged
 from storage.base import ObjectStore
 
 log = logging.getLogger("merger")
@@ -27,6 +36,16 @@ log = logging.getLogger("merger")
 ROW_GROUP_ROWS = 122_880
 DUCKDB_SHARE = 0.35  # of the budget; the rest is Python, pyarrow (row-group copies) and the SDKs
 CHUNK_ROWS_PER_MB = 2_500  # rows merged at once per MiB of budget: 512 MiB -> ~1.3 M rows per chunk
+
+
+@dataclass(frozen=True)
+class LocalMerge:
+    """A merged and verified local file."""
+
+    source_rows: int  # rows of the sources inside the period
+    rows: int
+    positions: tuple[dict[str, object], ...]
+    method: str  # "sorted" (fast merge) or "duckdb"
 
 
 @dataclass(frozen=True)
@@ -176,6 +195,54 @@ def covered_positions(con: duckdb.DuckDBPyConnection, path: Path) -> tuple[dict[
     )
 
 
+def _merge_duckdb(
+    dataset: Dataset, period: Period, files: list[str], out: Path, folder: Path, memory_limit_mb: int,
+    chunk_rows: int | None,
+) -> LocalMerge:
+    """The general merge: DuckDB, entity range by entity range, verified by counting distinct keys."""
+    con = duckdb.connect(config={"threads": 2})
+    try:
+        # DuckDB gets most of the budget; the rest is Python, pyarrow and the SDK.
+        con.execute(f"SET memory_limit = '{max(64, int(memory_limit_mb * DUCKDB_SHARE))}MB'")
+        con.execute(f"SET temp_directory = '{folder / 'spill'}'")
+        con.execute("SET preserve_insertion_order = false")
+        source_rows, expected = _merge_in_chunks(con, dataset, period, files, out, memory_limit_mb, chunk_rows)
+        positions = covered_positions(con, out)
+    finally:
+        con.close()
+    written = pq.read_metadata(str(out)).num_rows  # verify: readable, and every key once
+    if written != expected:
+        raise RuntimeError(f"merged {period.name}: {written} rows written, {expected} expected")
+    return LocalMerge(source_rows, written, positions, "duckdb")
+
+
+def merge_local(
+    dataset: Dataset,
+    period: Period,
+    files: list[SourceFile],
+    out: Path,
+    scratch: Path,
+    memory_limit_mb: int = 512,
+    chunk_rows: int | None = None,
+) -> LocalMerge:
+    """Merge local source files into ``out`` and verify it: the fast merge when the dataset and the
+    sources allow it, else DuckDB."""
+    try:
+        outcome = merge_sorted(dataset, period, files, out, scratch, memory_limit_mb, max_rows=chunk_rows)
+    except NotMergeable as exc:
+        log.info("general merge", extra={"period": period.name, "root": dataset.root, "reason": str(exc)})
+        out.unlink(missing_ok=True)
+        return _merge_duckdb(dataset, period, [f.path for f in files], out, scratch, memory_limit_mb, chunk_rows)
+    stored = sum(pq.read_metadata(f.path).num_rows for f in files)
+    if outcome.rows + outcome.duplicates + outcome.outside != stored:
+        raise RuntimeError(
+            f"merged {period.name}: {outcome.rows} rows written + {outcome.duplicates} repeats + {outcome.outside} "
+            f"outside the period != {stored} source rows"
+        )
+    positions = verify_merged(out, dataset, outcome.rows, outcome.removed_keys)
+    return LocalMerge(outcome.source_rows, outcome.rows, positions, "sorted")
+
+
 def merge_period(
     store: ObjectStore,
     dataset: Dataset,
@@ -190,48 +257,36 @@ def merge_period(
     started = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="fms-merge-", dir=scratch) as tmp:
         folder = Path(tmp)
-        local: list[str] = []
+        local: list[SourceFile] = []
         for i, key in enumerate(sources):
             path = folder / f"src-{i:05d}.parquet"
             store.get_file(key, str(path))
-            local.append(str(path))
+            # Merged files (hour/day/week) hold each de-dup key once; minute files may repeat keys.
+            local.append(SourceFile(str(path), unique=parse_minute_key(key) is None))
         out = folder / "merged.parquet"
-        con = duckdb.connect(config={"threads": 2})
-        try:
-            # DuckDB gets most of the budget; the rest is Python, pyarrow and the SDK.
-            con.execute(f"SET memory_limit = '{max(64, int(memory_limit_mb * DUCKDB_SHARE))}MB'")
-            con.execute(f"SET temp_directory = '{folder / 'spill'}'")
-            con.execute("SET preserve_insertion_order = false")
-            source_rows, expected = _merge_in_chunks(
-                con, dataset, period, local, out, memory_limit_mb, chunk_rows
-            )
-            positions = covered_positions(con, out)
-        finally:
-            con.close()
-        written = pq.read_metadata(str(out)).num_rows  # verify: readable, and every key once
-        if written != expected:
-            raise RuntimeError(f"merged {period.name}: {written} rows written, {expected} expected")
+        merged = merge_local(dataset, period, local, out, folder, memory_limit_mb, chunk_rows)
         key = file_key(dataset.root, period)
         store.put_file(key, str(out))
         manifest = Manifest(
             sources=tuple(sources),
             leaves=leaves,
-            rows=written,
+            rows=merged.rows,
             created_at=datetime.now(UTC).isoformat(),
-            positions=positions,
+            positions=merged.positions,
         )
         store.put(manifest_key(dataset.root, period), manifest.to_json())
         size = out.stat().st_size
-    result = MergeResult(key, written, int(source_rows), size, time.monotonic() - started, manifest)
+    result = MergeResult(key, merged.rows, merged.source_rows, size, time.monotonic() - started, manifest)
     log.info(
         "merged",
         extra={
             "key": key,
-            "rows": written,
-            "source_rows": int(source_rows),
+            "rows": merged.rows,
+            "source_rows": merged.source_rows,
             "sources": len(sources),
             "bytes": size,
             "seconds": round(result.seconds, 2),
+            "method": merged.method,
         },
     )
     return result

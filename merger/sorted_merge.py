@@ -1,0 +1,623 @@
+"""The fast merge: sources sorted by the domain's sort key are merged entity range by entity range,
+reading every source once, sorting only where sources overlap in time and de-duplicating only where
+duplicates can exist.
+
+Why it can skip most of the work:
+
+- minute files (collector) and merged files (this merger) are sorted by entity, time and position;
+  the first pass checks every batch (and sorts one that is not);
+- every fact de-dup key holds the entity and the event time, so rows sharing a key lie in the same
+  entity range and in sources whose time ranges overlap. Sources are grouped by overlapping time
+  ranges; a group of one merged file (already de-duplicated) is not checked, other rows are checked
+  with a 64-bit hash of the key and resolved exactly on the few rows whose hash repeats;
+- groups are disjoint in time, so within an entity the output is the groups' rows one after the
+  other: a range is assembled with one gather, not sorted (a group of several sources, e.g. a
+  minute file and its replay, is sorted on its own first).
+
+Memory stays bounded whatever the input size: the first pass streams each source batch by batch
+into a local spill file of fixed-width columns (strings become 32-bit codes into one dictionary per
+column), noting where each entity's rows are; the second pass memory-maps the spill and takes one
+entity range at a time, sized from the budget. Codes go to the Parquet writer as dictionary arrays
+over those dictionaries, so strings are never rebuilt row by row. The writer runs in a background
+thread (zstd, row groups of fixed size, no Arrow schema hint: readers see plain strings, as in the
+files DuckDB wrote) while the next range is prepared.
+
+Inputs the fast merge does not handle (a de-dup key without the entity or the event time, one
+column with two types, a null entity) raise :class:`NotMergeable` before anything is written.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import queue
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.ipc as ipc
+import pyarrow.parquet as pq
+
+from domains.base import POSITION_KEY
+from merger.dataset import Dataset
+from merger.periods import Period
+
+ROW_GROUP_ROWS = 122_880
+READ_BATCH_ROWS = 65_536
+BASE_MB = 160  # interpreter, polars, pyarrow and DuckDB loaded, the first pass's read buffers
+RANGE_BYTES_PER_ROW = 600.0  # a range: spilled rows read back, their order, gathered rows, the writer's copy
+REMOVED_KEYS_KEPT = 100_000  # keys whose repeats were removed, kept for the read-back check
+
+
+class NotMergeable(Exception):
+    """The sources break an assumption of the fast merge; use the general one."""
+
+
+@dataclass(frozen=True)
+class SourceFile:
+    """A local Parquet file to merge; ``unique``: known to hold each de-dup key once (a merged file)."""
+
+    path: str
+    unique: bool = False
+
+
+@dataclass(frozen=True)
+class MergeOutcome:
+    """What a fast merge read and wrote."""
+
+    source_rows: int  # rows of the sources inside the period
+    rows: int  # rows written
+    duplicates: int  # rows dropped as repeats of a de-dup key
+    outside: int  # rows of the sources outside the period
+    ranges: int  # entity ranges merged
+    sorted_pieces: int  # source batches that were not sorted and had to be (0 for sorted sources)
+    removed_keys: pl.DataFrame | None = None  # de-dup keys whose repeats were removed (up to REMOVED_KEYS_KEPT)
+    seconds: dict[str, float] = field(default_factory=dict)  # time per step
+
+
+class _Codes:
+    """One string column's dictionary: every value seen, in order of first sight; strings in, 32-bit codes out."""
+
+    def __init__(self) -> None:
+        self.index: dict[str, int] = {}
+        self.values: list[str] = []
+        self._cache: tuple[pa.Array, pa.Array] | None = None  # (source dictionary, its codes)
+        self._dictionary: pa.Array | None = None
+
+    def encode(self, column: pa.Array | pa.ChunkedArray) -> pa.Array:
+        """Codes of a string column (nulls stay null)."""
+        if isinstance(column, pa.ChunkedArray):
+            column = column.combine_chunks()
+        if not pa.types.is_dictionary(column.type):
+            column = pc.dictionary_encode(column)
+        source = column.dictionary
+        if self._cache is not None and self._cache[0] is source:
+            mapping = self._cache[1]  # batches of one row group share its dictionary
+        else:
+            codes = np.empty(len(source), dtype=np.int32)
+            for i, value in enumerate(source.to_pylist()):
+                code = self.index.get(value)
+                if code is None:
+                    code = self.index[value] = len(self.values)
+                    self.values.append(value)
+                    self._dictionary = None
+                codes[i] = code
+            mapping = pa.array(codes)
+            self._cache = (source, mapping)
+        return pc.take(mapping, column.indices)
+
+    def text(self, codes: np.ndarray) -> list[str]:
+        """Strings of a few codes."""
+        return [self.values[c] for c in codes.tolist()]
+
+    def dictionary(self) -> pa.Array:
+        """All values as an Arrow array (the dictionary the writer gets)."""
+        if self._dictionary is None:
+            self._dictionary = pa.array(self.values, pa.string())
+        return self._dictionary
+
+
+@dataclass
+class _Run:
+    """A sorted stretch of one source: whether it is known de-duplicated and its time range."""
+
+    unique: bool
+    ts_min: int | None = None
+    ts_max: int | None = None
+    rows: int = 0
+    last_key: tuple[object, ...] | None = None
+
+
+@dataclass(frozen=True)
+class _Piece:
+    """A run's rows of one entity range, as one Arrow stream inside the range's spill file."""
+
+    run: int
+    offset: int
+    length: int
+
+
+def target_schema(paths: Sequence[str]) -> pa.Schema:
+    """Union of the sources' columns by name, in order of first appearance (as DuckDB's union_by_name);
+    strings and binaries in their plain Arrow types."""
+    out: dict[str, pa.DataType] = {}
+    for path in paths:
+        for column in pq.read_schema(path):
+            dtype = column.type
+            if pa.types.is_large_string(dtype) or pa.types.is_string_view(dtype):
+                dtype = pa.string()
+            elif pa.types.is_large_binary(dtype) or pa.types.is_binary_view(dtype):
+                dtype = pa.binary()
+            if column.name not in out:
+                out[column.name] = dtype
+            elif out[column.name] != dtype:
+                raise NotMergeable(f"column {column.name}: {out[column.name]} and {dtype}")
+    return pa.schema(list(out.items()))
+
+
+def entity_counts(paths: Sequence[str], entity: str) -> dict[str, int]:
+    """Rows per entity over all sources, from the entity column alone."""
+    counts: dict[str, int] = {}
+    for path in paths:
+        reader = pq.ParquetFile(path, read_dictionary=[entity])
+        for batch in reader.iter_batches(batch_size=1 << 20, columns=[entity]):
+            column = batch.column(0)
+            if not pa.types.is_dictionary(column.type):
+                column = pc.dictionary_encode(column)
+            if column.null_count:
+                raise NotMergeable(f"{path}: null {entity}")
+            n = np.bincount(column.indices.to_numpy(), minlength=len(column.dictionary))
+            for value, rows in zip(column.dictionary.to_pylist(), n.tolist(), strict=True):
+                if rows:
+                    counts[value] = counts.get(value, 0) + rows
+    return counts
+
+
+def plan_ranges(counts: dict[str, int], max_rows: int) -> list[str]:
+    """The first entity of each range of at most ~``max_rows`` rows, in text order (an entity is never
+    split: one with more rows has a range of its own)."""
+    firsts: list[str] = []
+    rows = 0
+    for value in sorted(counts):
+        if not firsts or rows + counts[value] > max_rows:
+            firsts.append(value)
+            rows = 0
+        rows += counts[value]
+    return firsts
+
+
+class _Spill:
+    """First pass: every source, batch by batch, into one spill file per entity range, as fixed-width
+    columns (strings as codes)."""
+
+    def __init__(self, dataset: Dataset, period: Period, schema: pa.Schema, folder: Path,
+                 counts: dict[str, int], max_rows: int) -> None:  # fmt: skip
+        self.dataset, self.period, self.schema, self.folder = dataset, period, schema, folder
+        self.strings = [f.name for f in schema if pa.types.is_string(f.type)]
+        self.codes = {name: _Codes() for name in self.strings}
+        self.spill_schema = pa.schema(
+            [pa.field(f.name, pa.int32() if f.name in self.codes else f.type) for f in schema]
+        )
+        self.start_us = int(period.start.timestamp() * 1_000_000)
+        self.end_us = int(period.end.timestamp() * 1_000_000)
+        self.outside = 0
+        self.sorted_pieces = 0
+        self.order = [c for c in dataset.sort_key if c != dataset.entity_key]  # within an entity
+        if dataset.entity_key not in self.codes or "timestamp" not in schema.names:
+            raise NotMergeable(f"{dataset.root}: {dataset.entity_key} is not a string column, or no timestamp")
+        if dataset.sort_key[0] != dataset.entity_key:
+            raise NotMergeable(f"{dataset.root}: sort key does not start with {dataset.entity_key}")
+        entities = sorted(counts)
+        self.rank_of_text = {value: rank for rank, value in enumerate(entities)}
+        firsts = plan_ranges(counts, max_rows)
+        first_ranks = np.array([self.rank_of_text[f] for f in firsts], dtype=np.int64)
+        self.range_of_rank = np.searchsorted(first_ranks, np.arange(len(entities)), side="right") - 1
+        self.ranges = len(firsts)
+        self.pieces: list[list[_Piece]] = [[] for _ in firsts]
+        self.runs: list[_Run] = []
+        self.rank = np.zeros(0, dtype=np.int64)  # text rank of each entity code
+
+    def path(self, number: int) -> Path:
+        """Spill file of range ``number``."""
+        return self.folder / f"range-{number:05d}.arrows"
+
+    def remove(self) -> None:
+        """Delete every spill file left."""
+        for number in range(self.ranges):
+            self.path(number).unlink(missing_ok=True)
+
+    def add(self, source: SourceFile) -> None:
+        """Spill one source: one run, or several when its batches are not in order (each sorted)."""
+        present = set(pq.read_schema(source.path).names)
+        reader = pq.ParquetFile(source.path, read_dictionary=[n for n in self.strings if n in present],
+                                pre_buffer=False, buffer_size=1 << 20)  # fmt: skip
+        run: _Run | None = None
+        for batch in reader.iter_batches(batch_size=READ_BATCH_ROWS, use_threads=True):
+            frame = self._encode(batch, present)
+            if not frame.height:
+                continue
+            frame, ranks, lengths, first, last = self._sorted(frame)
+            if run is None or run.last_key is None or first < run.last_key:
+                run = _Run(source.unique)
+                self.runs.append(run)
+            run.last_key = last
+            stamp = frame["timestamp"].dt.epoch("us")
+            lo, hi = stamp.min(), stamp.max()
+            assert isinstance(lo, int) and isinstance(hi, int)
+            run.ts_min = lo if run.ts_min is None else min(run.ts_min, lo)
+            run.ts_max = hi if run.ts_max is None else max(run.ts_max, hi)
+            run.rows += frame.height
+            self._split(frame, ranks, lengths, len(self.runs) - 1)
+
+    def _split(self, frame: pl.DataFrame, ranks: np.ndarray, lengths: np.ndarray, run: int) -> None:
+        """Append the batch's rows of each range to that range's spill file."""
+        ranges = self.range_of_rank[ranks]
+        cuts = np.concatenate([[0], np.cumsum(lengths)])
+        bounds = np.concatenate([[0], np.flatnonzero(np.diff(ranges)) + 1, [len(ranges)]])
+        table = frame.to_arrow()
+        for a, b in zip(bounds[:-1].tolist(), bounds[1:].tolist(), strict=True):
+            number = int(ranges[a])
+            sink = pa.BufferOutputStream()
+            with ipc.new_stream(sink, self.spill_schema) as writer:
+                writer.write_table(table.slice(int(cuts[a]), int(cuts[b] - cuts[a])))
+            data = sink.getvalue()
+            with open(self.path(number), "ab") as out:
+                offset = out.tell()
+                out.write(data)
+            self.pieces[number].append(_Piece(run, offset, data.size))
+
+    def _encode(self, batch: pa.RecordBatch, present: set[str]) -> pl.DataFrame:
+        """The batch's rows inside the period, with the target columns, strings as codes."""
+        arrays = []
+        for f in self.schema:
+            if f.name not in present:
+                arrays.append(pa.nulls(batch.num_rows, pa.int32() if f.name in self.codes else f.type))
+            elif f.name in self.codes:
+                arrays.append(self.codes[f.name].encode(batch.column(f.name)))
+            else:
+                arrays.append(batch.column(f.name).cast(f.type))
+        frame = pl.from_arrow(pa.RecordBatch.from_arrays(arrays, schema=self.spill_schema))
+        assert isinstance(frame, pl.DataFrame)
+        stamp = frame["timestamp"].dt.epoch("us")
+        lo, hi = stamp.min(), stamp.max()
+        if stamp.null_count() or lo is None or hi is None or lo < self.start_us or hi >= self.end_us:  # type: ignore[operator]
+            inside = frame.filter((stamp >= self.start_us) & (stamp < self.end_us))
+            self.outside += frame.height - inside.height
+            frame = inside
+        if frame[self.dataset.entity_key].null_count():
+            raise NotMergeable(f"{self.dataset.root}: null {self.dataset.entity_key}")
+        return frame
+
+    def _ranks(self, codes: np.ndarray) -> np.ndarray:
+        """Text ranks of entity codes."""
+        values = self.codes[self.dataset.entity_key].values
+        if len(self.rank) < len(values):
+            missing = [self.rank_of_text.get(v, -1) for v in values[len(self.rank):]]
+            if -1 in missing:
+                raise NotMergeable(f"{self.dataset.root}: an entity changed between passes")
+            self.rank = np.concatenate([self.rank, np.array(missing, dtype=np.int64)])
+        return self.rank[codes]
+
+    def _sorted(
+        self, frame: pl.DataFrame
+    ) -> tuple[pl.DataFrame, np.ndarray, np.ndarray, tuple[object, ...], tuple[object, ...]]:
+        """The batch sorted by the sort key (checked; sorted when it is not), the text rank and row
+        count of each entity stretch, and its first and last key.
+
+        Sorted means: each entity in one stretch, the stretches in text order, and inside each the
+        rest of the sort key non-decreasing."""
+        entity = self.dataset.entity_key
+        runs = frame[entity].rle().struct.unnest()
+        ranks = self._ranks(runs["value"].to_numpy())
+        lengths = runs["len"].cast(pl.Int64).to_numpy()
+        ordered = bool(np.all(np.diff(ranks) > 0))
+        if ordered and self.order:
+            stretch = pl.Series("_s", np.repeat(np.arange(len(ranks)), lengths))
+            ordered = bool(frame.select(pl.struct(stretch, *self.order).is_sorted()).item())
+        if not ordered:
+            rank = pl.Series("_rank", self._ranks(frame[entity].to_numpy()))
+            order = frame.select(rank, *self.order).with_row_index("_i").sort(["_rank", *self.order])["_i"]
+            frame = frame[order]
+            self.sorted_pieces += 1
+            runs = frame[entity].rle().struct.unnest()
+            ranks = self._ranks(runs["value"].to_numpy())
+            lengths = runs["len"].cast(pl.Int64).to_numpy()
+        first = (int(ranks[0]), *(frame[c][0] for c in self.order))
+        last = (int(ranks[-1]), *(frame[c][-1] for c in self.order))
+        return frame, ranks, lengths, first, last
+
+
+def _time_groups(runs: Sequence[_Run]) -> list[list[int]]:
+    """Run numbers grouped so that groups are disjoint in time (closed ranges), in time order."""
+    groups: list[list[int]] = []
+    end: int | None = None
+    for number in sorted((i for i, r in enumerate(runs) if r.rows), key=lambda i: (runs[i].ts_min, runs[i].ts_max)):
+        run = runs[number]
+        assert run.ts_min is not None and run.ts_max is not None
+        if groups and end is not None and run.ts_min <= end:
+            groups[-1].append(number)
+            end = max(end, run.ts_max)
+        else:
+            groups.append([number])
+            end = run.ts_max
+    return groups
+
+
+def _losers(keys: pl.DataFrame, key: Sequence[str], topics: _Codes | None) -> np.ndarray:
+    """Rows (``_row``) of ``keys`` that repeat a de-dup key held by a row with a lower Kafka position.
+
+    A 64-bit hash of the key finds the candidates (sorting the hashes is cheaper than a hash table);
+    only rows whose hash repeats are compared exactly, with topics as text."""
+    hashed = keys.select(pl.struct(list(key)).hash())[:, 0].to_numpy()
+    values = np.sort(hashed)
+    repeated = values[1:][values[1:] == values[:-1]]
+    if not len(repeated):
+        return np.zeros(0, np.int64)
+    candidates = keys.filter(pl.Series(np.isin(hashed, repeated)))
+    if topics is not None:
+        candidates = candidates.with_columns(
+            pl.Series("kafka_topic", topics.text(candidates["kafka_topic"].to_numpy()), dtype=pl.String)
+        )
+    candidates = candidates.sort([*key, *POSITION_KEY], nulls_last=True)
+    return candidates.filter(~pl.struct(list(key)).is_first_distinct())["_row"].to_numpy()
+
+
+class _Writer:
+    """Writes Arrow tables to one Parquet file in a background thread, in row groups of fixed size."""
+
+    def __init__(self, path: Path, schema: pa.Schema, compression_level: int | None) -> None:
+        self.path, self.schema, self.level = path, schema, compression_level
+        self.rows = 0
+        self._queue: queue.Queue[pa.Table | None] = queue.Queue()
+        self._free = threading.Semaphore(1)  # one range in the writer while the next is prepared
+        self._error: BaseException | None = None
+        self._writer: pq.ParquetWriter | None = None
+        self._thread = threading.Thread(target=self._loop, name="merge-writer", daemon=True)
+        self._thread.start()
+
+    def _loop(self) -> None:
+        carry: pa.Table | None = None
+        try:
+            while (table := self._queue.get()) is not None:
+                if carry is not None:
+                    table = pa.concat_tables([carry, table])
+                full = table.num_rows - table.num_rows % ROW_GROUP_ROWS
+                if full:
+                    self._write(table.slice(0, full))
+                carry = table.slice(full) if full < table.num_rows else None
+                del table
+                self._free.release()
+            if carry is not None:
+                self._write(carry)
+        except BaseException as exc:  # reported by put() and close()
+            self._error = exc
+            self._free.release()
+            while self._queue.get() is not None:  # let the producer finish
+                self._free.release()
+
+    def _write(self, table: pa.Table) -> None:
+        if self._writer is None:
+            strings = [f.name for f in self.schema if pa.types.is_string(f.type)]
+            self._writer = pq.ParquetWriter(
+                str(self.path), table.schema, compression="zstd", compression_level=self.level,
+                use_dictionary=strings, write_statistics=True, store_schema=False,
+            )  # fmt: skip
+        self._writer.write_table(table, row_group_size=ROW_GROUP_ROWS)
+        self.rows += table.num_rows
+
+    def put(self, table: pa.Table) -> None:
+        """Hand rows to the writer (waits while the previous range is still being written)."""
+        self._free.acquire()
+        if self._error is not None:
+            raise self._error
+        self._queue.put(table)
+
+    def close(self) -> int:
+        """Flush, close and return the rows written."""
+        self._queue.put(None)
+        self._thread.join()
+        if self._error is not None:
+            raise self._error
+        if self._writer is None:
+            pq.write_table(self.schema.empty_table(), str(self.path), compression="zstd", store_schema=False)
+        else:
+            self._writer.close()
+        return self.rows
+
+
+class _Ranges:
+    """Second pass: one entity range at a time, read back from its spill file and written in one gather."""
+
+    def __init__(self, dataset: Dataset, spill: _Spill) -> None:
+        self.dataset, self.spill = dataset, spill
+        self.groups = _time_groups(spill.runs)
+        self.group_of = {run: n for n, group in enumerate(self.groups) for run in group}
+        # A group may hold repeated keys unless it is one merged file.
+        self.check = [len(g) > 1 or not spill.runs[g[0]].unique for g in self.groups]
+        self.duplicates = 0
+        self.removed: list[pl.DataFrame] = []
+        self.entity = dataset.entity_key
+        self.order = [c for c in dataset.sort_key if c != dataset.entity_key]
+        self.key = list(dataset.dedup_key)
+        self.key_columns = list(dict.fromkeys([*self.key, *POSITION_KEY]))
+        self.dictionaries = {name: codes.dictionary() for name, codes in spill.codes.items()}
+        self.out_schema = pa.schema(
+            [pa.field(f.name, pa.dictionary(pa.int32(), pa.string())) if f.name in self.dictionaries else f
+             for f in spill.schema]
+        )  # fmt: skip
+
+    def _read(self, number: int) -> tuple[pl.DataFrame, list[np.ndarray]]:
+        """The range's rows as spilled (one chunk per piece), and the row numbers of each piece."""
+        path = self.spill.path(number)
+        with pa.OSFile(str(path)) as source:
+            data = source.read_buffer()
+        path.unlink()
+        tables = [ipc.open_stream(data.slice(p.offset, p.length)).read_all() for p in self.spill.pieces[number]]
+        frame = pl.from_arrow(pa.concat_tables(tables))
+        assert isinstance(frame, pl.DataFrame)
+        ends = np.cumsum([t.num_rows for t in tables])
+        return frame, [np.arange(end - t.num_rows, end) for t, end in zip(tables, ends.tolist(), strict=True)]
+
+    def _losers(self, frame: pl.DataFrame, rows: np.ndarray | None) -> np.ndarray:
+        """Rows of ``frame`` (among ``rows``, or all) that repeat a de-dup key with a lower Kafka position."""
+        keys = frame.select(self.key_columns)
+        if rows is not None:
+            keys = keys[rows]
+        found = _losers(keys.with_row_index("_row"), self.key, self.spill.codes.get("kafka_topic"))
+        room = REMOVED_KEYS_KEPT - sum(k.height for k in self.removed)
+        if len(found) and room > 0:
+            self.removed.append(keys[found[:room]].select(self.key))
+        return found if rows is None else rows[found]
+
+    def removed_keys(self) -> pl.DataFrame | None:
+        """The de-dup keys whose repeats were removed (as text), up to REMOVED_KEYS_KEPT."""
+        if not self.removed:
+            return None
+        keys = pl.concat(self.removed, how="vertical")
+        return keys.with_columns(
+            [pl.Series(c, self.spill.codes[c].values, dtype=pl.String).gather(keys[c]).alias(c)
+             for c in self.key if c in self.spill.codes]
+        ).unique()
+
+    def _index(self, number: int, frame: pl.DataFrame, pieces: list[np.ndarray]) -> np.ndarray:
+        """Row numbers of ``frame`` in output order, without repeated keys: per time group its rows in
+        sort order (a group of one run is in order already), then the groups' stretches of each entity
+        one after the other."""
+        rows_of: dict[int, list[np.ndarray]] = {}
+        runs_of: dict[int, set[int]] = {}
+        for piece, rows in zip(self.spill.pieces[number], pieces, strict=True):
+            group = self.group_of[piece.run]
+            rows_of.setdefault(group, []).append(rows)
+            runs_of.setdefault(group, set()).add(piece.run)
+        checked = [g for g in rows_of if self.check[g]]
+        keep = np.ones(frame.height, dtype=bool)
+        if checked:
+            every = len(checked) == len(rows_of)
+            losers = self._losers(frame, None if every else np.concatenate([r for g in checked for r in rows_of[g]]))
+            keep[losers] = False
+            self.duplicates += len(losers)
+        rank = self.spill.rank[frame[self.entity].to_numpy()]
+        blocks_rank, blocks_group, blocks_rows = [], [], []
+        for group in sorted(rows_of):
+            rows = np.concatenate(rows_of[group])
+            if len(runs_of[group]) > 1:  # sources overlapping in time: sort their rows together
+                keys = frame.select(self.order)[rows].with_columns(pl.Series("_rank", rank[rows])).with_row_index("_i")
+                rows = rows[keys.sort(["_rank", *self.order])["_i"].to_numpy()]
+            rows = rows[keep[rows]]
+            if not len(rows):
+                continue
+            group_rank = rank[rows]
+            cuts = np.concatenate([[0], np.flatnonzero(np.diff(group_rank)) + 1, [len(rows)]])
+            blocks_rank.append(group_rank[cuts[:-1]])
+            blocks_group.append(np.full(len(cuts) - 1, group))
+            blocks_rows += [rows[a:b] for a, b in zip(cuts[:-1].tolist(), cuts[1:].tolist(), strict=True)]
+        if not blocks_rows:
+            return np.zeros(0, dtype=np.int64)
+        sequence = np.lexsort((np.concatenate(blocks_group), np.concatenate(blocks_rank)))
+        return np.concatenate([blocks_rows[i] for i in sequence.tolist()])
+
+    def _arrow(self, frame: pl.DataFrame) -> pa.Table:
+        """The rows for the writer: codes as dictionary arrays over the column dictionaries."""
+        arrays = []
+        for name, column in zip(frame.columns, frame.iter_columns(), strict=True):
+            array = column.to_arrow(compat_level=pl.CompatLevel.newest())
+            if name in self.dictionaries:
+                array = pa.DictionaryArray.from_arrays(array, self.dictionaries[name])
+            arrays.append(array)
+        return pa.Table.from_arrays(arrays, schema=self.out_schema)
+
+    def tables(self, timings: dict[str, float]) -> Iterator[pa.Table]:
+        """Each range's rows, de-duplicated and sorted."""
+        for number in range(self.spill.ranges):
+            if not self.spill.pieces[number]:
+                continue
+            clock = time.perf_counter()
+            frame, pieces = self._read(number)
+            timings["read"] += time.perf_counter() - clock
+            clock = time.perf_counter()
+            index = self._index(number, frame, pieces)
+            timings["order"] += time.perf_counter() - clock
+            clock = time.perf_counter()
+            out = frame[index]
+            del frame
+            timings["gather"] += time.perf_counter() - clock
+            if out.height:
+                yield self._arrow(out)
+
+
+def check_mergeable(dataset: Dataset) -> None:
+    """Raise NotMergeable when the dataset's de-dup key lacks its entity or the event time."""
+    if dataset.entity_key not in dataset.dedup_key or "timestamp" not in dataset.dedup_key:
+        raise NotMergeable(f"{dataset.root}: de-dup key {dataset.dedup_key} lacks {dataset.entity_key} or timestamp")
+
+
+@contextlib.contextmanager
+def _returning_memory() -> Iterator[None]:
+    """Arrow allocations from jemalloc with freed pages returned at once (the default pools keep them
+    for reuse, which shows as resident memory); the previous default pool afterwards."""
+    previous = pa.default_memory_pool()
+    try:
+        pool = pa.jemalloc_memory_pool()
+        pa.jemalloc_set_decay_ms(0)
+    except (NotImplementedError, pa.ArrowNotImplementedError):
+        yield
+        return
+    pa.set_memory_pool(pool)
+    try:
+        yield
+    finally:
+        pa.set_memory_pool(previous)
+
+
+def range_rows(memory_limit_mb: int) -> int:
+    """Rows merged at once so that a range fits the budget next to the loaded libraries."""
+    free = max(64, memory_limit_mb - BASE_MB) * 2**20
+    return max(20_000, int(free / RANGE_BYTES_PER_ROW))
+
+
+def merge_sorted(
+    dataset: Dataset,
+    period: Period,
+    files: Sequence[SourceFile],
+    out: Path,
+    scratch: Path,
+    memory_limit_mb: int = 512,
+    max_rows: int | None = None,
+    compression_level: int | None = None,
+) -> MergeOutcome:
+    """Merge ``files`` into ``out``: the period's rows, once per de-dup key (lowest Kafka position
+    wins), sorted by the dataset's sort key; ``scratch`` holds the spill. Raises NotMergeable
+    (nothing written) when an assumption does not hold."""
+    started = time.perf_counter()
+    timings = dict.fromkeys(("count", "spill", "read", "order", "gather", "put", "close"), 0.0)
+    check_mergeable(dataset)
+    with contextlib.ExitStack() as cleanup:
+        paths = [f.path for f in files]
+        schema = target_schema(paths)
+        counts = entity_counts(paths, dataset.entity_key)
+        timings["count"] = time.perf_counter() - started
+        spill = _Spill(dataset, period, schema, scratch, counts, max_rows or range_rows(memory_limit_mb))
+        cleanup.callback(spill.remove)
+        for f in files:
+            spill.add(f)
+        timings["spill"] = time.perf_counter() - started - timings["count"]
+        ranges = _Ranges(dataset, spill)
+        writer = _Writer(out, schema, compression_level)
+        try:
+            for table in ranges.tables(timings):
+                clock = time.perf_counter()
+                writer.put(table)
+                del table
+                timings["put"] += time.perf_counter() - clock
+        finally:
+            clock = time.perf_counter()
+            rows = writer.close()
+            timings["close"] = time.perf_counter() - clock
+    return MergeOutcome(sum(r.rows for r in spill.runs), rows, ranges.duplicates, spill.outside, spill.ranges,
+                        spill.sorted_pieces, ranges.removed_keys(),
+                        {k: round(v, 2) for k, v in timings.items()})  # fmt: skip
