@@ -14,10 +14,11 @@ The clock is the ``now`` argument; nothing here reads the time.
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import datetime, timedelta
 
 import polars as pl
 
+from anomaly.dedup import EVENT, SEEN_ITEM, SEEN_OFFSET, lookup, normalize_keys, store
 from anomaly.dims import Dimensions
 from anomaly.records import (
     ALARM_SCHEMA,
@@ -56,7 +57,7 @@ class AnomalyEngine:
         source_columns = list(rows.columns)
         rows = rows.sort(list(POSITION_KEY)).with_row_index(RID)
         rows = rules.enrich(rows, self.dims, self.config)
-        rows = rows.with_columns(_dup=pl.Series(self._duplicates(domain, rows), dtype=pl.Boolean))
+        rows = rows.with_columns(self.duplicates(domain, rows).alias("_dup"))
         rows, dlq = self._route(domain, rules, rows, now)
         kept = rows.filter(~pl.col("_rejected"))
         if rules.consecutive is not None:
@@ -73,42 +74,54 @@ class AnomalyEngine:
 
     # -- duplicates -----------------------------------------------------------------------------
 
-    def _duplicates(self, domain: Domain, rows: pl.DataFrame) -> list[bool]:
+    def duplicates(self, domain: Domain, rows: pl.DataFrame) -> pl.Series:
+        """Per row of ``rows``: its de-dup key was seen within the watermark at another position.
+
+        Updates the state. Per partition, in Kafka order: a key's first position wins, over the stored
+        entries and over later rows of the batch; the very same position again is a replay, not a
+        duplicate. After the batch, entries older than the partition's newest event time − the
+        domain's window are forgotten. All False when the domain has no window.
+        """
         window = self.config.dedup_windows.get(domain.name)
         if window is None or rows.height == 0:
-            return [False] * rows.height
-        parts = [pl.col(c).dt.epoch("us").cast(pl.String) if rows.schema[c] == UTC_MICROS else pl.col(c).cast(pl.String)
-                 for c in domain.dedup_key]  # fmt: skip
-        frame = rows.select(
-            pl.concat_str(parts, separator="|", ignore_nulls=True).alias("k"),
-            pl.col("timestamp").dt.epoch("us").alias("ts"),
-            *POSITION_KEY,
+            return pl.Series("_dup", [False] * rows.height, dtype=pl.Boolean)
+        window_us = window // timedelta(microseconds=1)
+        keys = list(domain.dedup_key)
+        event = "timestamp" if "timestamp" in keys else EVENT
+        group = ["kafka_topic", "kafka_partition", *keys]
+        frame = (
+            rows.select(pl.int_range(pl.len(), dtype=pl.UInt32).alias("_i"), *POSITION_KEY,
+                        *normalize_keys(rows, keys), pl.col("timestamp").dt.epoch("us").alias(EVENT))
+            .sort(list(POSITION_KEY))  # already in this order in practice
+            .with_columns(_first_offset=pl.col("kafka_offset").first().over(group),
+                          _first_item=pl.col("item_index").first().over(group),
+                          _repeat=pl.all_horizontal(pl.col(c) == pl.col(c).shift() for c in POSITION_KEY))
+        )  # fmt: skip
+        # The row that first carried its key in the batch (a repeated position, never seen in practice, is not).
+        first = (pl.col("_first_offset") == pl.col("kafka_offset")) & (pl.col("_first_item") == pl.col("item_index"))
+        first = first & ~pl.col("_repeat").fill_null(False)
+        dup = (pl.coalesce(SEEN_OFFSET, "_first_offset") != pl.col("kafka_offset")) | (
+            pl.coalesce(SEEN_ITEM, "_first_item") != pl.col("item_index")
         )
-        out = [False] * rows.height
-        frame = frame.with_row_index("_i")
-        for (topic, partition), part in frame.partition_by("kafka_topic", "kafka_partition", as_dict=True).items():
-            state = self.state.partition(str(topic), int(partition))  # type: ignore[call-overload]
-            keys = part["k"].to_list()
-            stamps = part["ts"].to_list()
-            if not (state.seen.keys() & set(keys)) and len(set(keys)) == len(keys):
-                # Common case: every key is new (no set lookups per row beyond the one above).
-                positions = zip(part["kafka_offset"].to_list(), part["item_index"].to_list(), stamps, strict=True)
-                for key, position in zip(keys, positions, strict=True):
-                    state.remember(key, list(position))
-            else:
-                columns = zip(part["_i"].to_list(), keys, part["kafka_offset"].to_list(),
-                              part["item_index"].to_list(), stamps, strict=True)
-                for i, key, offset, item, ts in columns:
-                    seen = state.seen.get(key)
-                    if seen is None:
-                        state.remember(key, [offset, item, ts])
-                    else:
-                        out[i] = (seen[0], seen[1]) != (offset, item)
-            newest = max((t for t in stamps if t is not None), default=None)
-            if newest is not None and newest > state.max_event_us:
-                state.max_event_us = newest
-            state.expire(window)
-        return out
+        flagged = []
+        for (topic,), part in frame.partition_by("kafka_topic", as_dict=True).items():  # one topic per domain
+            states = {p: self.state.partition(str(topic), p) for p in part.get_column("kafka_partition").unique()}
+            for state in states.values():
+                state.seen.configure(keys, event)
+            part = lookup(part, {p: (s.seen, s.max_event_us - window_us) for p, s in states.items()})
+            part = part.with_columns(_dup=dup)
+            for p, newest in part.group_by("kafka_partition").agg(pl.col(EVENT).max()).iter_rows():
+                if newest is not None and newest > states[p].max_event_us:
+                    states[p].max_event_us = newest
+            limits = {p: s.max_event_us - window_us for p, s in states.items()}
+            limit = pl.col("kafka_partition").replace_strict(limits, return_dtype=pl.Int64)
+            store(part.filter(pl.col(SEEN_OFFSET).is_null() & first & (pl.col(EVENT) >= limit)),
+                  {p: s.seen for p, s in states.items()})  # fmt: skip
+            for p, state in states.items():
+                state.seen.expire(limits[p])
+            flagged.append(part.get_column("_i").filter(part.get_column("_dup")))
+        out = pl.Series("_dup", [False] * rows.height, dtype=pl.Boolean)
+        return out.scatter(pl.concat(flagged), True) if flagged else out
 
     # -- DLQ routing ----------------------------------------------------------------------------
 

@@ -3,23 +3,34 @@
 Entities are the Kafka keys of their topics, so an entity's state lives with one partition; the
 caller checkpoints a partition's state together with that partition's offsets and drops or restores
 it when the partition moves (:meth:`EngineState.snapshot` with ``only=``, :meth:`drop`,
-:meth:`adopt`). Snapshots are canonical JSON: the same state gives the same bytes.
+:meth:`adopt`).
 
 Kept per partition: de-dup keys seen within the watermark (with the position that first carried
-them, so replaying that very message is not a duplicate), consecutive-exceedance counters, last-seen
-records of robots and devices (for the offline sweep), previous robot status and battery samples.
+them, so replaying that very message is not a duplicate; a compact table, :mod:`anomaly.dedup`),
+consecutive-exceedance counters, last-seen records of robots and devices (for the offline sweep),
+previous robot status and battery samples, last equipment status and the transition counters.
+
+Snapshots (version 2) are deterministic, the same state giving the same bytes::
+
+    b"FMS-ENGINE-STATE\n" + header + b"\n" + seen tables
+
+The header is canonical JSON, ``{"version": 2, "partitions": {"<topic>|<partition>": {...}}}``, with
+the small per-entity parts of each partition as they were in version 1 and, under ``"seen"``, null
+or where its de-dup table lies in the bytes after the header (``offset``, ``length``, ``rows``,
+``keys``, ``event``): Parquet, zstd, the live entries ordered by position. :meth:`EngineState.restore`
+also reads version 1 (one canonical JSON document, de-dup keys as "|"-joined strings).
 """
 
 from __future__ import annotations
 
 import json
-from collections import deque
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import polars as pl
 
+from anomaly.dedup import EVENT, SeenKeys, parquet_bytes
 from anomaly.dims import Dimensions
 from anomaly.records import (
     ALARM_SCHEMA,
@@ -30,8 +41,11 @@ from anomaly.records import (
     empty_alarms,
     empty_dlq,
 )
+from domains import DOMAINS
 
 PartitionKey = tuple[str, int]
+SNAPSHOT_MAGIC = b"FMS-ENGINE-STATE\n"
+SNAPSHOT_VERSION = 2
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
@@ -50,44 +64,21 @@ class PartitionState:
     """State of the entities whose messages come from one (topic, partition)."""
 
     max_event_us: int = 0
-    seen: dict[str, list[int]] = field(default_factory=dict)  # de-dup key → [offset, item_index, event_us]
+    seen: SeenKeys = field(default_factory=SeenKeys)  # de-dup keys within the watermark
     runs: dict[str, int] = field(default_factory=dict)  # consecutive exceedances per entity key
     last_seen: dict[str, dict[str, Any]] = field(default_factory=dict)  # robot/device id → last report
     status: dict[str, str] = field(default_factory=dict)  # robot id → last status
     battery: dict[str, list[float]] = field(default_factory=dict)  # robot id → [event_us, level]
-    transitions: int = 0
+    transitions: int = 0  # robot status changes
     drain_pct: float = 0.0  # battery drained while not charging, summed over robots
     drain_hours: float = 0.0
-
-    # Keys in arrival order (event time, key): expiry pops from the front instead of scanning
-    # every key each batch. Not serialized; rebuilt from ``seen`` after a restore.
-    order: deque[tuple[int, str]] | None = field(default=None, repr=False, compare=False)
-
-    def remember(self, key: str, position: list[int]) -> None:
-        """Record a de-dup key first seen at ``position`` = [offset, item_index, event_us]."""
-        self.seen[key] = position
-        if self.order is None:
-            self.order = deque(sorted((v[2], k) for k, v in self.seen.items()))
-        else:
-            self.order.append((position[2], key))
-
-    def expire(self, window: timedelta) -> None:
-        """Forget de-dup keys older than the watermark (newest event time − ``window``)."""
-        limit = self.max_event_us - window // timedelta(microseconds=1)
-        if self.order is None:
-            self.order = deque(sorted((v[2], k) for k, v in self.seen.items()))
-        order, seen = self.order, self.seen
-        while order and order[0][0] < limit:
-            _, key = order.popleft()
-            entry = seen.get(key)
-            if entry is not None and entry[2] < limit:
-                del seen[key]
+    equipment_status: dict[str, list[Any]] = field(default_factory=dict)  # equipment id → [event_us, current]
+    equipment_transitions: int = 0
 
     def to_json(self) -> dict[str, Any]:
-        """Plain JSON form."""
+        """Plain JSON form of everything but the de-dup table."""
         return {
             "max_event_us": self.max_event_us,
-            "seen": self.seen,
             "runs": self.runs,
             "last_seen": self.last_seen,
             "status": self.status,
@@ -95,12 +86,24 @@ class PartitionState:
             "transitions": self.transitions,
             "drain_pct": self.drain_pct,
             "drain_hours": self.drain_hours,
+            "equipment_status": self.equipment_status,
+            "equipment_transitions": self.equipment_transitions,
         }
 
     @classmethod
-    def from_json(cls, data: dict[str, Any]) -> PartitionState:
-        """Inverse of :meth:`to_json`."""
-        return cls(**{k: v for k, v in data.items() if k != "order"})
+    def from_json(cls, data: dict[str, Any], seen: SeenKeys | None = None) -> PartitionState:
+        """Inverse of :meth:`to_json` (fields a version-1 snapshot lacks keep their defaults)."""
+        known = set(cls.__dataclass_fields__) - {"seen"}
+        return cls(**{k: v for k, v in data.items() if k in known}, seen=seen or SeenKeys())
+
+
+def _v1_seen(topic: str, seen: dict[str, list[int]]) -> SeenKeys:
+    """A version-1 de-dup dict as a table, typed by the de-dup key of the topic's domain."""
+    domain = next((d for d in DOMAINS.values() if d.topic.name == topic), None)
+    if domain is None or not seen:
+        return SeenKeys()  # no domain reads this topic: its keys could never be looked up
+    key_schema = {k: domain.flat_schema[k] for k in domain.dedup_key}
+    return SeenKeys.from_v1(seen, key_schema, "timestamp" if "timestamp" in key_schema else EVENT)
 
 
 class EngineState:
@@ -125,25 +128,63 @@ class EngineState:
         self.partitions.update(other.partitions)
 
     def snapshot(self, only: set[PartitionKey] | None = None) -> bytes:
-        """Canonical JSON of the state (of the partitions in ``only``, if given)."""
-        body = {
-            f"{topic}|{partition}": state.to_json()
-            for (topic, partition), state in sorted(self.partitions.items())
-            if only is None or (topic, partition) in only
-        }
-        return json.dumps({"version": 1, "partitions": body}, sort_keys=True, separators=(",", ":")).encode()
+        """Version-2 snapshot of the state (of the partitions in ``only``, if given); see the module docstring."""
+        partitions: dict[str, Any] = {}
+        tables: list[bytes] = []
+        offset = 0
+        for (topic, partition), state in sorted(self.partitions.items()):
+            if only is not None and (topic, partition) not in only:
+                continue
+            body = state.to_json()
+            table = state.seen.frame()
+            body["seen"] = None
+            if table.height:
+                blob = parquet_bytes(table)
+                body["seen"] = {"offset": offset, "length": len(blob), "rows": table.height,
+                                "keys": list(state.seen.keys), "event": state.seen.event}  # fmt: skip
+                tables.append(blob)
+                offset += len(blob)
+            partitions[f"{topic}|{partition}"] = body
+        header = json.dumps({"version": SNAPSHOT_VERSION, "partitions": partitions}, sort_keys=True,
+                            separators=(",", ":"))  # fmt: skip
+        return b"".join([SNAPSHOT_MAGIC, header.encode(), b"\n", *tables])
 
     @classmethod
     def restore(cls, data: bytes) -> EngineState:
-        """The state a :meth:`snapshot` was taken of."""
-        doc = json.loads(data)
-        if doc.get("version") != 1:
-            raise ValueError(f"unknown engine state version {doc.get('version')!r}")
+        """The state a :meth:`snapshot` was taken of (version 2, or version 1 of the previous release)."""
         state = cls()
+        if data.startswith(SNAPSHOT_MAGIC):
+            end = data.index(b"\n", len(SNAPSHOT_MAGIC))
+            doc = json.loads(data[len(SNAPSHOT_MAGIC) : end])
+            if doc.get("version") != SNAPSHOT_VERSION:
+                raise ValueError(f"unknown engine state version {doc.get('version')!r}")
+            tables = memoryview(data)[end + 1 :]
+            for key, body in doc["partitions"].items():
+                topic, partition = key.rsplit("|", 1)
+                where = body.pop("seen")
+                seen = SeenKeys()
+                if where is not None:
+                    blob = bytes(tables[where["offset"] : where["offset"] + where["length"]])
+                    seen = SeenKeys.from_parquet(blob, where["keys"], where["event"])
+                    if len(seen) != where["rows"]:
+                        raise ValueError(f"engine state of {key}: {len(seen)} de-dup rows, header says {where['rows']}")
+                state.partitions[(topic, int(partition))] = PartitionState.from_json(body, seen)
+            return state
+        try:
+            doc = json.loads(data)
+        except ValueError as exc:
+            raise ValueError(f"not an engine state snapshot: {exc}") from exc
+        if not isinstance(doc, dict) or doc.get("version") != 1:
+            raise ValueError(f"unknown engine state version {doc.get('version') if isinstance(doc, dict) else None!r}")
         for key, body in doc["partitions"].items():
             topic, partition = key.rsplit("|", 1)
-            state.partitions[(topic, int(partition))] = PartitionState.from_json(body)
+            seen = _v1_seen(topic, body.pop("seen", {}))
+            state.partitions[(topic, int(partition))] = PartitionState.from_json(body, seen)
         return state
+
+    def equipment_transitions(self) -> int:
+        """Equipment status transitions counted so far (over the partitions held)."""
+        return sum(p.equipment_transitions for p in self.partitions.values())
 
     def battery_drain_per_hour(self) -> float | None:
         """Average robot battery drain (% per hour, outside charging) seen so far."""
