@@ -46,12 +46,12 @@ import pyarrow.parquet as pq
 from domains.base import POSITION_KEY
 from merger.dataset import Dataset
 from merger.periods import Period
+from merger.verify import Checker, member
 
 ROW_GROUP_ROWS = 122_880
 READ_BATCH_ROWS = 65_536
-BASE_MB = 160  # interpreter, polars, pyarrow and DuckDB loaded, the first pass's read buffers
-RANGE_BYTES_PER_ROW = 600.0  # a range: spilled rows read back, their order, gathered rows, the writer's copy
-REMOVED_KEYS_KEPT = 100_000  # keys whose repeats were removed, kept for the read-back check
+BASE_MB = 180  # interpreter, polars, pyarrow and DuckDB loaded, the dictionaries, what allocators keep
+RANGE_BYTES_PER_ROW = 1300.0  # a range read back, its order, the gathered rows, the writer's copy, encoders, checks
 
 
 class NotMergeable(Exception):
@@ -76,7 +76,7 @@ class MergeOutcome:
     outside: int  # rows of the sources outside the period
     ranges: int  # entity ranges merged
     sorted_pieces: int  # source batches that were not sorted and had to be (0 for sorted sources)
-    removed_keys: pl.DataFrame | None = None  # de-dup keys whose repeats were removed (up to REMOVED_KEYS_KEPT)
+    positions: tuple[dict[str, object], ...] = ()  # per topic/partition: first/last offset and rows written
     seconds: dict[str, float] = field(default_factory=dict)  # time per step
 
 
@@ -358,7 +358,7 @@ def _losers(keys: pl.DataFrame, key: Sequence[str], topics: _Codes | None) -> np
     repeated = values[1:][values[1:] == values[:-1]]
     if not len(repeated):
         return np.zeros(0, np.int64)
-    candidates = keys.filter(pl.Series(np.isin(hashed, repeated)))
+    candidates = keys.filter(pl.Series(member(hashed, np.unique(repeated))))
     if topics is not None:
         candidates = candidates.with_columns(
             pl.Series("kafka_topic", topics.text(candidates["kafka_topic"].to_numpy()), dtype=pl.String)
@@ -370,10 +370,10 @@ def _losers(keys: pl.DataFrame, key: Sequence[str], topics: _Codes | None) -> np
 class _Writer:
     """Writes Arrow tables to one Parquet file in a background thread, in row groups of fixed size."""
 
-    def __init__(self, path: Path, schema: pa.Schema, compression_level: int | None) -> None:
-        self.path, self.schema, self.level = path, schema, compression_level
+    def __init__(self, path: Path, schema: pa.Schema, compression_level: int | None, checker: Checker) -> None:
+        self.path, self.schema, self.level, self.checker = path, schema, compression_level, checker
         self.rows = 0
-        self._queue: queue.Queue[pa.Table | None] = queue.Queue()
+        self._queue: queue.Queue[tuple[pa.Table, pl.DataFrame | None] | None] = queue.Queue()
         self._free = threading.Semaphore(1)  # one range in the writer while the next is prepared
         self._error: BaseException | None = None
         self._writer: pq.ParquetWriter | None = None
@@ -383,14 +383,17 @@ class _Writer:
     def _loop(self) -> None:
         carry: pa.Table | None = None
         try:
-            while (table := self._queue.get()) is not None:
+            while (item := self._queue.get()) is not None:
+                table, removed = item
+                self.checker.add(table, removed)  # the rows written, checked off the producer's thread
                 if carry is not None:
                     table = pa.concat_tables([carry, table])
                 full = table.num_rows - table.num_rows % ROW_GROUP_ROWS
                 if full:
                     self._write(table.slice(0, full))
                 carry = table.slice(full) if full < table.num_rows else None
-                del table
+                del table, removed
+                pa.default_memory_pool().release_unused()  # encoder buffers go back, not kept for reuse
                 self._free.release()
             if carry is not None:
                 self._write(carry)
@@ -410,12 +413,13 @@ class _Writer:
         self._writer.write_table(table, row_group_size=ROW_GROUP_ROWS)
         self.rows += table.num_rows
 
-    def put(self, table: pa.Table) -> None:
-        """Hand rows to the writer (waits while the previous range is still being written)."""
+    def put(self, table: pa.Table, removed: pl.DataFrame | None) -> None:
+        """Hand rows to the writer (waits while the previous range is still being written); ``removed``:
+        the de-dup keys whose repeats were removed from them."""
         self._free.acquire()
         if self._error is not None:
             raise self._error
-        self._queue.put(table)
+        self._queue.put((table, removed))
 
     def close(self) -> int:
         """Flush, close and return the rows written."""
@@ -440,7 +444,7 @@ class _Ranges:
         # A group may hold repeated keys unless it is one merged file.
         self.check = [len(g) > 1 or not spill.runs[g[0]].unique for g in self.groups]
         self.duplicates = 0
-        self.removed: list[pl.DataFrame] = []
+        self.removed: pl.DataFrame | None = None  # the current range's keys whose repeats were removed
         self.entity = dataset.entity_key
         self.order = [c for c in dataset.sort_key if c != dataset.entity_key]
         self.key = list(dataset.dedup_key)
@@ -469,20 +473,13 @@ class _Ranges:
         if rows is not None:
             keys = keys[rows]
         found = _losers(keys.with_row_index("_row"), self.key, self.spill.codes.get("kafka_topic"))
-        room = REMOVED_KEYS_KEPT - sum(k.height for k in self.removed)
-        if len(found) and room > 0:
-            self.removed.append(keys[found[:room]].select(self.key))
+        if len(found):
+            removed = keys[found].select(self.key).unique()
+            self.removed = removed.with_columns(
+                [pl.Series(c, self.spill.codes[c].values, dtype=pl.String).gather(removed[c]).alias(c)
+                 for c in self.key if c in self.spill.codes]
+            )  # fmt: skip
         return found if rows is None else rows[found]
-
-    def removed_keys(self) -> pl.DataFrame | None:
-        """The de-dup keys whose repeats were removed (as text), up to REMOVED_KEYS_KEPT."""
-        if not self.removed:
-            return None
-        keys = pl.concat(self.removed, how="vertical")
-        return keys.with_columns(
-            [pl.Series(c, self.spill.codes[c].values, dtype=pl.String).gather(keys[c]).alias(c)
-             for c in self.key if c in self.spill.codes]
-        ).unique()
 
     def _index(self, number: int, frame: pl.DataFrame, pieces: list[np.ndarray]) -> np.ndarray:
         """Row numbers of ``frame`` in output order, without repeated keys: per time group its rows in
@@ -531,11 +528,12 @@ class _Ranges:
             arrays.append(array)
         return pa.Table.from_arrays(arrays, schema=self.out_schema)
 
-    def tables(self, timings: dict[str, float]) -> Iterator[pa.Table]:
-        """Each range's rows, de-duplicated and sorted."""
+    def tables(self, timings: dict[str, float]) -> Iterator[tuple[pa.Table, pl.DataFrame | None]]:
+        """Each range's rows, de-duplicated and sorted, with the keys whose repeats were removed."""
         for number in range(self.spill.ranges):
             if not self.spill.pieces[number]:
                 continue
+            self.removed = None
             clock = time.perf_counter()
             frame, pieces = self._read(number)
             timings["read"] += time.perf_counter() - clock
@@ -547,7 +545,7 @@ class _Ranges:
             del frame
             timings["gather"] += time.perf_counter() - clock
             if out.height:
-                yield self._arrow(out)
+                yield self._arrow(out), self.removed
 
 
 def check_mergeable(dataset: Dataset) -> None:
@@ -605,19 +603,21 @@ def merge_sorted(
         cleanup.callback(spill.remove)
         for f in files:
             spill.add(f)
+        pa.default_memory_pool().release_unused()  # decoding buffers of the first pass
         timings["spill"] = time.perf_counter() - started - timings["count"]
         ranges = _Ranges(dataset, spill)
-        writer = _Writer(out, schema, compression_level)
+        checker = Checker(dataset, f"{dataset.root} {period.name}")
+        writer = _Writer(out, schema, compression_level, checker)
         try:
-            for table in ranges.tables(timings):
+            for table, removed in ranges.tables(timings):
                 clock = time.perf_counter()
-                writer.put(table)
-                del table
+                writer.put(table, removed)
+                del table, removed
                 timings["put"] += time.perf_counter() - clock
         finally:
             clock = time.perf_counter()
             rows = writer.close()
             timings["close"] = time.perf_counter() - clock
+    positions = checker.finish(rows)
     return MergeOutcome(sum(r.rows for r in spill.runs), rows, ranges.duplicates, spill.outside, spill.ranges,
-                        spill.sorted_pieces, ranges.removed_keys(),
-                        {k: round(v, 2) for k, v in timings.items()})  # fmt: skip
+                        spill.sorted_pieces, positions, {k: round(v, 2) for k, v in timings.items()})  # fmt: skip

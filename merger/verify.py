@@ -1,120 +1,161 @@
-"""Read a merged file back before it is published, independently of how it was written.
+"""Checks of a merged file's rows before it is published.
 
-The file is read row group by row group (only the sort-key, de-dup-key and position columns), and
-checked to be
+:class:`Checker` takes the rows in file order, a row group or an entity range at a time, and checks
+that they are
 
-- readable, with the row count its writer reported and its footer states;
 - sorted by the dataset's sort key across the whole file;
-- holding each de-dup key once: rows sharing a key share the entity and the event time, so in a
-  sorted file they are neighbours within one (entity, time) stretch; a stretch that crosses a row
-  group boundary is carried into the next check;
-- holding every key whose repeats the merge removed (a removed row always has its twin kept).
+- holding each de-dup key once: rows sharing a key share the entity and the event time, so in
+  sorted rows they lie within one (entity, time) stretch; the stretch at the end of each part is
+  carried into the next check;
+- holding every key whose repeats were removed (a removed row always has its twin kept);
 
-Together with ``rows written + repeats removed = source rows in the period`` (counted while reading
-the sources) this is the old ``row count = distinct keys of its sources`` check, without a second
-global de-duplication. The same pass yields the Kafka positions the file covers, for the manifest.
+and counts the rows and the Kafka positions they cover (for the manifest). The fast merge feeds it
+exactly the tables its Parquet writer gets, in the writer's thread; :func:`verify_merged` feeds it a
+file read back. Together with ``rows written + repeats removed + rows outside the period = rows stored
+in the sources`` this is the old ``row count = distinct keys of its sources`` check, without a second
+global de-duplication.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 import polars as pl
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from merger.dataset import Dataset
 
 
 class VerificationError(RuntimeError):
-    """A merged file is not what its sources and the merge say it should be."""
+    """Merged rows are not what their sources and the merge say they should be."""
 
 
-def _text(column: pa.Array | pa.ChunkedArray) -> pl.Series:
-    """A string column (possibly dictionary-encoded) as polars text."""
-    if isinstance(column, pa.ChunkedArray):
-        column = column.combine_chunks()
-    if pa.types.is_dictionary(column.type):
-        column = column.dictionary_decode()
-    series = pl.from_arrow(column)
-    assert isinstance(series, pl.Series)
-    return series
+def member(values: np.ndarray, ordered: np.ndarray) -> np.ndarray:
+    """Whether each of ``values`` is in ``ordered`` (sorted, non-empty): a binary search per value."""
+    at = np.minimum(np.searchsorted(ordered, values), len(ordered) - 1)
+    return np.asarray(ordered[at] == values)
 
 
-def _first_repeat(frame: pl.DataFrame, key: Sequence[str]) -> dict[str, object] | None:
-    """A row of ``frame`` whose de-dup key another row holds too, or None."""
-    if frame.height < 2:
-        return None
-    hashed = frame.select(pl.struct(list(key)).hash())[:, 0].to_numpy()
-    ordered = np.sort(hashed)
-    if not (ordered[1:] == ordered[:-1]).any():
-        return None
-    repeated = frame.select(key).filter(pl.struct(list(key)).is_duplicated())
-    return repeated.row(0, named=True) if repeated.height else None  # else: only a hash collision
+def _entity_stretches(column: pa.Array) -> tuple[list[str], np.ndarray]:
+    """The values of a string column in order of their stretches, and each stretch's row count."""
+    if not pa.types.is_dictionary(column.type):
+        column = pc.dictionary_encode(column)
+    runs = pl.Series(column.indices).rle().struct.unnest()
+    values = column.dictionary.take(pa.array(runs["value"].to_numpy())).to_pylist()
+    return values, runs["len"].to_numpy()
 
 
-def verify_merged(
-    path: Path, dataset: Dataset, expected_rows: int, removed_keys: pl.DataFrame | None = None
-) -> tuple[dict[str, object], ...]:
-    """Check ``path`` (see the module docstring) and return, per (topic, partition), the lowest and
-    highest Kafka offset and the rows it holds. Raises VerificationError."""
-    reader = pq.ParquetFile(str(path))
-    if reader.metadata.num_rows != expected_rows:
-        raise VerificationError(f"{path.name}: footer says {reader.metadata.num_rows} rows, {expected_rows} written")
-    sort_key = list(dataset.sort_key)
-    key = list(dataset.dedup_key)
-    columns = list(dict.fromkeys([*sort_key, *key, "kafka_topic", "kafka_partition", "kafka_offset"]))
-    names = set(reader.schema_arrow.names)
-    if any(c not in names for c in columns):
-        raise VerificationError(f"{path.name}: missing columns {sorted(set(columns) - names)}")
-    strings = [c for c in columns if pa.types.is_string(reader.schema_arrow.field(c).type)]
-    stretch = [dataset.entity_key, "timestamp"]
-    rows = 0
-    last: tuple[object, ...] | None = None
-    carry: pl.DataFrame | None = None
-    positions: list[pl.DataFrame] = []
-    found = 0
-    wanted = removed_keys.unique() if removed_keys is not None and removed_keys.height else None
-    for batch in reader.iter_batches(batch_size=1 << 17, columns=columns):
-        frame = pl.DataFrame([_text(batch.column(c)).alias(c) if c in strings else pl.from_arrow(batch.column(c))
-                              for c in columns])  # fmt: skip
-        if not frame.height:
-            continue
-        rows += frame.height
-        ordered = frame.select(pl.struct(sort_key).is_sorted()).item()
-        first = tuple(frame.row(0, named=True)[c] for c in sort_key)
-        if not ordered or (last is not None and first < last):  # type: ignore[operator]
-            raise VerificationError(f"{path.name}: not sorted by {', '.join(sort_key)} near row {rows}")
-        last = tuple(frame.row(-1, named=True)[c] for c in sort_key)
-        window = frame if carry is None else pl.concat([carry, frame], how="vertical")
-        repeat = _first_repeat(window.select(key), key)
-        if repeat is not None:
-            raise VerificationError(f"{path.name}: de-dup key held twice: {repeat}")
-        tail = frame.select(stretch).row(-1)
-        carry = frame.filter((pl.col(stretch[0]) == tail[0]) & (pl.col(stretch[1]) == tail[1]))
-        if wanted is not None:
-            found += wanted.join(frame.select(key).unique(), on=key, how="semi", nulls_equal=True).height
-        positions.append(
+class Checker:
+    """Checks rows fed in file order (see the module docstring)."""
+
+    def __init__(self, dataset: Dataset, name: str = "merged file") -> None:
+        self.name = name
+        self.entity = dataset.entity_key
+        self.rest = [c for c in dataset.sort_key if c != self.entity]
+        self.key = list(dataset.dedup_key)
+        self.columns = list(dict.fromkeys([*dataset.sort_key, *self.key, "kafka_topic", "kafka_partition",
+                                           "kafka_offset"]))  # fmt: skip
+        self.rows = 0
+        self._last: tuple[object, ...] | None = None
+        self._carry: pl.DataFrame | None = None
+        self._positions: list[pl.DataFrame] = []
+
+    def add(self, table: pa.Table | pa.RecordBatch, removed: pl.DataFrame | None = None) -> None:
+        """Check the next rows; ``removed``: de-dup keys (text) whose repeats were removed from them."""
+        if not table.num_rows:
+            return
+        if any(c not in table.schema.names for c in self.columns):
+            missing = sorted(set(self.columns) - set(table.schema.names))
+            raise VerificationError(f"{self.name}: missing columns {missing}")
+        if isinstance(table, pa.Table):
+            table = table.select(self.columns).combine_chunks().to_batches()[0]
+        else:
+            table = table.select(self.columns)
+        frame = pl.from_arrow(table)
+        assert isinstance(frame, pl.DataFrame)
+        self.rows += frame.height
+        values, lengths = _entity_stretches(table.column(self.entity))
+        stretch = pl.Series("_s", np.repeat(np.arange(len(values)), lengths))
+        first = (values[0], *(frame[c][0] for c in self.rest))
+        if (any(a >= b for a, b in zip(values, values[1:], strict=False))
+                or not frame.select(pl.struct(stretch, *self.rest).is_sorted()).item()
+                or (self._last is not None and first < self._last)):  # type: ignore[operator]  # fmt: skip
+            order = ", ".join([self.entity, *self.rest])
+            raise VerificationError(f"{self.name}: not sorted by {order} near row {self.rows}")
+        self._last = (values[-1], *(frame[c][-1] for c in self.rest))
+        keys = frame.select(self.key)
+        window = keys if self._carry is None else pl.concat([self._carry, keys], how="vertical")
+        hashed = window.select(pl.struct(self.key).hash())[:, 0].to_numpy()
+        ordered = np.sort(hashed)
+        if (ordered[1:] == ordered[:-1]).any() and window.select(pl.struct(self.key).is_duplicated().any()).item():
+            raise VerificationError(f"{self.name}: a de-dup key is held twice near row {self.rows}")
+        tail = frame.select(self.entity, "timestamp").row(-1)
+        self._carry = keys.filter((pl.col(self.entity) == tail[0]) & (pl.col("timestamp") == tail[1]))
+        if removed is not None and removed.height:
+            self._twins(keys, hashed[len(window) - len(keys):], removed)
+        self._positions.append(
             frame.group_by("kafka_topic", "kafka_partition").agg(
                 pl.col("kafka_offset").min().alias("first"), pl.col("kafka_offset").max().alias("last"),
                 pl.len().alias("rows"),
             )
         )  # fmt: skip
-    if rows != expected_rows:
-        raise VerificationError(f"{path.name}: {rows} rows read back, {expected_rows} written")
-    if wanted is not None and found != wanted.height:
-        raise VerificationError(f"{path.name}: {wanted.height - found} keys whose repeats were removed are missing")
-    if not positions:
-        return ()
-    merged = (
-        pl.concat(positions)
-        .group_by("kafka_topic", "kafka_partition")
-        .agg(pl.col("first").min(), pl.col("last").max(), pl.col("rows").sum())
-        .sort("kafka_topic", "kafka_partition")
-    )
-    return tuple(
-        {"topic": t, "partition": int(p), "first": int(lo), "last": int(hi), "rows": int(n)}
-        for t, p, lo, hi, n in merged.iter_rows()
-    )
+
+    def _twins(self, keys: pl.DataFrame, hashed: np.ndarray, removed: pl.DataFrame) -> None:
+        """Every removed key is among ``keys`` (hashes first, then exactly)."""
+        removed = removed.unique().with_columns(
+            [pl.col(c).cast(keys.schema[c]) for c in self.key if keys.schema[c] != removed.schema[c]]
+        )
+        wanted = np.unique(removed.select(pl.struct(self.key).hash())[:, 0].to_numpy())
+        hits = keys.filter(pl.Series(member(hashed, wanted)))
+        found = removed.join(hits, on=self.key, how="semi", nulls_equal=True).height
+        if found != removed.height:
+            missing = removed.height - found
+            raise VerificationError(f"{self.name}: {missing} keys whose repeats were removed are missing")
+
+    def finish(self, expected_rows: int) -> tuple[dict[str, object], ...]:
+        """Check the row count and return, per (topic, partition), the lowest and highest Kafka offset
+        and the rows held."""
+        if self.rows != expected_rows:
+            raise VerificationError(f"{self.name}: {self.rows} rows checked, {expected_rows} expected")
+        if not self._positions:
+            return ()
+        merged = (
+            pl.concat(self._positions)
+            .with_columns(pl.col("kafka_topic").cast(pl.String))
+            .group_by("kafka_topic", "kafka_partition")
+            .agg(pl.col("first").min(), pl.col("last").max(), pl.col("rows").sum())
+            .sort("kafka_topic", "kafka_partition")
+        )
+        return tuple(
+            {"topic": t, "partition": int(p), "first": int(lo), "last": int(hi), "rows": int(n)}
+            for t, p, lo, hi, n in merged.iter_rows()
+        )
+
+
+def verify_merged(
+    path: Path, dataset: Dataset, expected_rows: int, removed_keys: pl.DataFrame | None = None
+) -> tuple[dict[str, object], ...]:
+    """Read ``path`` back (only the checked columns, strings as dictionaries) and check it; with
+    ``removed_keys``, also that each is in the file. Returns the positions it covers."""
+    reader = pq.ParquetFile(str(path))
+    if reader.metadata.num_rows != expected_rows:
+        raise VerificationError(f"{path.name}: footer says {reader.metadata.num_rows} rows, {expected_rows} expected")
+    checker = Checker(dataset, path.name)
+    strings = [f.name for f in reader.schema_arrow if pa.types.is_string(f.type) and f.name in checker.columns]
+    reader = pq.ParquetFile(str(path), read_dictionary=strings)
+    found: list[pl.DataFrame] = []
+    for batch in reader.iter_batches(batch_size=1 << 19, columns=checker.columns):
+        checker.add(batch)
+        if removed_keys is not None and removed_keys.height:
+            frame = pl.from_arrow(batch.select(checker.key))
+            assert isinstance(frame, pl.DataFrame)
+            frame = frame.with_columns([pl.col(c).cast(pl.String) for c in checker.key if frame.schema[c] != pl.String])
+            found.append(removed_keys.join(frame, on=checker.key, how="semi", nulls_equal=True))
+    if removed_keys is not None and removed_keys.height:
+        present = pl.concat(found).unique().height if found else 0
+        if present != removed_keys.unique().height:
+            raise VerificationError(f"{path.name}: keys whose repeats were removed are missing")
+    return checker.finish(expected_rows)
