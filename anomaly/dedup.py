@@ -92,6 +92,10 @@ class SeenKeys:
         """Number of stored frames."""
         return len(self._frames)
 
+    def estimated_size(self) -> int:
+        """Bytes held by the stored frames (polars' estimate)."""
+        return sum(int(f.estimated_size()) for f in self._frames)
+
     def configure(self, keys: Sequence[str], event: str) -> None:
         """Use these key columns (forgetting the entries if the key changed, e.g. an older state)."""
         if (tuple(keys), event) != (self.keys, self.event):

@@ -6,7 +6,7 @@ Steps of :meth:`AnomalyEngine.evaluate` (rows are first put in Kafka order: part
 2. duplicate: the de-dup key seen before within the watermark at another position (state);
 3. reasons: every applicable DLQ reason per row, one per message by ``REASON_PRIORITY``;
 4. rejected messages (duplicate, unit_mismatch) leave the rows; nothing below sees them;
-5. consecutive-exceedance counters (state), then alarms;
+5. consecutive-exceedance counters and equipment status transitions (state), then alarms;
 6. last-seen records of robots/devices for the offline sweep (state).
 
 The clock is the ``now`` argument; nothing here reads the time.
@@ -28,6 +28,8 @@ from anomaly.records import (
     LATE_ARRIVAL_DOMAINS,
     RANK,
     REJECTING,
+    STATUS_PREVIOUS_MISMATCH,
+    STATUS_TRANSITION,
     EngineConfig,
     Evaluation,
     alarm_id,
@@ -62,6 +64,8 @@ class AnomalyEngine:
         kept = rows.filter(~pl.col("_rejected"))
         if rules.consecutive is not None:
             kept = self._consecutive(rules.consecutive, kept)
+        if rules.status_entity is not None:
+            kept = self.status_transitions(rules.status_entity, kept)
         alarms = self._alarms(domain_name, rules, kept, now)
         if rules.heartbeat_entity is not None:
             self._track(domain_name, rules.heartbeat_entity, kept)
@@ -235,6 +239,65 @@ class AnomalyEngine:
         return fired.with_columns(alarm_id=pl.Series(ids, dtype=pl.String)).select(list(ALARM_SCHEMA)).cast(
             ALARM_SCHEMA  # type: ignore[arg-type]
         )
+
+    # -- status transitions ---------------------------------------------------------------------
+
+    def status_transitions(self, entity: str, rows: pl.DataFrame) -> pl.DataFrame:
+        """``rows`` plus the status flags of their message; moves each entity's last status (state).
+
+        Per partition and ``entity``, messages in event-time (then Kafka) order are compared with the
+        last status seen before them: the newest of the state and of the batch's earlier messages.
+
+        - No status seen before: both flags null.
+        - In order (event time at or after the last status'): ``status_transition`` = status.current
+          differs from the last current; ``status_previous_mismatch`` = a transition whose
+          status.previous is not the last current (a transition in between was missed).
+        - Older than the last status seen (out of order): ``status_transition`` false (the state does
+          not move back), ``status_previous_mismatch`` = status.current differs from the last current.
+
+        The state keeps each entity's newest [event_us, status.current] and counts the transitions.
+        """
+        msg = ["kafka_topic", "kafka_partition", "kafka_offset"]
+        group = ["kafka_topic", "kafka_partition", entity]
+        flags = {STATUS_TRANSITION: pl.Boolean(), STATUS_PREVIOUS_MISMATCH: pl.Boolean()}
+        if rows.height == 0:
+            return rows.with_columns(pl.lit(None, t).alias(c) for c, t in flags.items())
+        messages = (
+            rows.sort(list(POSITION_KEY)).unique(msg, keep="first", maintain_order=True)
+            .select(*group, "kafka_offset", pl.col("timestamp").dt.epoch("us").alias("_ts"), "status_current",
+                    "status_previous")
+        )  # fmt: skip
+        entities = messages.select(group).unique(maintain_order=True)
+        known = [self.state.partition(t, p).entity_status.get(e) for t, p, e in entities.iter_rows()]
+        prior = entities.with_columns(
+            pl.Series("_last_ts", [k[0] if k else None for k in known], dtype=pl.Int64),
+            pl.Series("_last", [k[1] if k else None for k in known], dtype=pl.String),
+        )
+        current, previous, last = pl.col("status_current"), pl.col("status_previous"), pl.col("_last")
+        late = pl.col("_last_ts").is_not_null() & (pl.col("_ts") < pl.col("_last_ts"))
+        before_late = pl.col("_late").shift().over(group)
+        reference = pl.when(before_late.is_null() | before_late).then(last).otherwise(current.shift().over(group))
+        changed = current != pl.col("_ref")
+        compared = (
+            messages.join(prior, on=group, how="left", nulls_equal=True)
+            .sort(*group, "_ts", "kafka_offset")
+            .with_columns(_late=late)
+            .with_columns(_ref=pl.when(pl.col("_late")).then(last).otherwise(reference))
+            .with_columns(
+                pl.when(pl.col("_ref").is_null()).then(None).when(pl.col("_late")).then(False).otherwise(changed)
+                .alias(STATUS_TRANSITION),
+                pl.when(pl.col("_ref").is_null()).then(None).when(pl.col("_late")).then(changed)
+                .otherwise(changed & (previous != pl.col("_ref"))).alias(STATUS_PREVIOUS_MISMATCH),
+            )
+        )  # fmt: skip
+        in_order = compared.filter(~pl.col("_late"))
+        newest = in_order.group_by(group, maintain_order=True).agg(pl.col("_ts").last(), current.last())
+        for topic, partition, key, ts, status in newest.iter_rows():
+            self.state.partition(topic, partition).entity_status[key] = [ts, status]
+        counted = in_order.filter(pl.col(STATUS_TRANSITION)).group_by("kafka_topic", "kafka_partition").len()
+        for topic, partition, n in counted.iter_rows():
+            self.state.partition(topic, partition).status_transitions += n
+        return rows.join(compared.select(*msg, *flags), on=msg, how="left", maintain_order="left")
 
     # -- last seen ------------------------------------------------------------------------------
 

@@ -50,7 +50,12 @@ _COMMON_FLAGS: dict[str, pl.DataType] = {
     "threshold_max": pl.Float64(),
     "dlq_reason": pl.String(),
 }
+# Status comparison of equipment messages with the equipment's last status seen (see AnomalyEngine).
+STATUS_TRANSITION = "status_transition"
+STATUS_PREVIOUS_MISMATCH = "status_previous_mismatch"
+
 _EXTRA_FLAGS: dict[str, dict[str, pl.DataType]] = {
+    "equipment_metrics": {STATUS_TRANSITION: pl.Boolean(), STATUS_PREVIOUS_MISMATCH: pl.Boolean()},
     "energy_usage": {
         "usage_std": pl.Float64(),
         "standard_unit": pl.String(),

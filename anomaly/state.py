@@ -72,8 +72,10 @@ class PartitionState:
     transitions: int = 0  # robot status changes
     drain_pct: float = 0.0  # battery drained while not charging, summed over robots
     drain_hours: float = 0.0
-    equipment_status: dict[str, list[Any]] = field(default_factory=dict)  # equipment id → [event_us, current]
-    equipment_transitions: int = 0
+    # Entities whose status transitions are compared (RuleSet.status_entity: equipment): id → [event_us,
+    # status.current] of its newest message, and the transitions counted.
+    entity_status: dict[str, list[Any]] = field(default_factory=dict)
+    status_transitions: int = 0
 
     def to_json(self) -> dict[str, Any]:
         """Plain JSON form of everything but the de-dup table."""
@@ -86,8 +88,8 @@ class PartitionState:
             "transitions": self.transitions,
             "drain_pct": self.drain_pct,
             "drain_hours": self.drain_hours,
-            "equipment_status": self.equipment_status,
-            "equipment_transitions": self.equipment_transitions,
+            "entity_status": self.entity_status,
+            "status_transitions": self.status_transitions,
         }
 
     @classmethod
@@ -182,9 +184,9 @@ class EngineState:
             state.partitions[(topic, int(partition))] = PartitionState.from_json(body, seen)
         return state
 
-    def equipment_transitions(self) -> int:
+    def status_transitions(self) -> int:
         """Equipment status transitions counted so far (over the partitions held)."""
-        return sum(p.equipment_transitions for p in self.partitions.values())
+        return sum(p.status_transitions for p in self.partitions.values())
 
     def battery_drain_per_hour(self) -> float | None:
         """Average robot battery drain (% per hour, outside charging) seen so far."""

@@ -59,6 +59,7 @@ class RuleSet:
     alarm: Callable[[EngineConfig], AlarmSpec]
     consecutive: Consecutive | None = None
     heartbeat_entity: str | None = None  # entity column tracked for the offline sweep
+    status_entity: str | None = None  # entity column whose status.current/previous are compared over time
 
 
 def best_match(

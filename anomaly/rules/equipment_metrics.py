@@ -4,7 +4,8 @@ Season comes from the event month, product from ``dim_batch`` (batch_id), shift 
 ``dim_operator`` (operator_id). A row with no matching threshold is neither anomalous nor a DLQ
 record (SPEC lists no threshold_missing reason for this domain). business_rule_violation: sensor
 quality "bad", or a value beyond its band by more than 99 % of the band's width (of the bound's
-magnitude when one bound is open).
+magnitude when one bound is open). Status transitions are compared per equipment
+(:meth:`anomaly.engine.AnomalyEngine.status_transitions`).
 """
 
 from __future__ import annotations
@@ -72,4 +73,4 @@ def alarm(config: EngineConfig) -> AlarmSpec:
     )
 
 
-RULES = RuleSet(enrich=enrich, reasons=reasons, alarm=alarm)
+RULES = RuleSet(enrich=enrich, reasons=reasons, alarm=alarm, status_entity="equipment_id")
