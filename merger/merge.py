@@ -195,7 +195,7 @@ def covered_positions(con: duckdb.DuckDBPyConnection, path: Path) -> tuple[dict[
     )
 
 
-def _merge_duckdb(
+def merge_duckdb(
     dataset: Dataset, period: Period, files: list[str], out: Path, folder: Path, memory_limit_mb: int,
     chunk_rows: int | None,
 ) -> LocalMerge:
@@ -232,7 +232,7 @@ def merge_local(
     except NotMergeable as exc:
         log.info("general merge", extra={"period": period.name, "root": dataset.root, "reason": str(exc)})
         out.unlink(missing_ok=True)
-        return _merge_duckdb(dataset, period, [f.path for f in files], out, scratch, memory_limit_mb, chunk_rows)
+        return merge_duckdb(dataset, period, [f.path for f in files], out, scratch, memory_limit_mb, chunk_rows)
     # Verify before publishing: the rows written were checked as they were written (sorted, each key
     # once, every removed repeat's twin kept; merger.verify); here the counts add up and the file reads.
     stored = sum(pq.read_metadata(f.path).num_rows for f in files)
