@@ -170,17 +170,39 @@ class SeenKeys:
 
     def frame(self) -> pl.DataFrame:
         """The live entries: key columns (strings as String), offset, item_index (and EVENT), by position."""
-        parts = self._frames
-        if not parts:
+        live = self._live()
+        if live is None:
             return pl.DataFrame(schema=dict.fromkeys(self.columns, pl.Null()))
-        frame = pl.concat(parts, rechunk=False)
+        return live.with_columns(pl.col(pl.Categorical).cast(pl.String))
+
+    def to_parquet(self) -> tuple[int, bytes]:
+        """:meth:`frame` as deterministic Parquet (see :func:`parquet_bytes`): (rows, bytes); (0, b"") if none.
+
+        String columns are written as dictionaries sorted by value, straight from the Categorical codes.
+        """
+        live = self._live()
+        if live is None:
+            return 0, b""
+        table = pa.table({c: _sorted_dictionary(live[c]) if live.schema[c] == pl.Categorical else live[c].to_arrow()
+                          for c in live.columns})  # fmt: skip
+        return live.height, parquet_bytes(table)
+
+    def _live(self) -> pl.DataFrame | None:
+        """The live entries in stored types, ordered by position (the canonical order); None if none."""
+        if not self._frames:
+            return None
+        frame = pl.concat(self._frames, rechunk=False)
         if self.limit is not None:
             frame = frame.filter(pl.col(self.event) >= self.limit)
-        return frame.with_columns(pl.col(pl.Categorical).cast(pl.String)).sort(OFFSET, ITEM)
-
-    def to_parquet(self) -> bytes:
-        """:meth:`frame` as Parquet (see :func:`parquet_bytes`)."""
-        return parquet_bytes(self.frame())
+        if frame.height == 0:
+            return None
+        low, high = frame.select(
+            pl.min_horizontal(pl.col(OFFSET).min(), pl.col(ITEM).min()).alias("low"),
+            pl.max_horizontal(pl.col(OFFSET).max() // 2**31, pl.col(ITEM).max()).alias("high"),
+        ).row(0)
+        if low >= 0 and high < 2**16:  # offsets below 2**47 and items below 2**16: one integer sort key, faster
+            return frame.sort(pl.col(OFFSET) * 2**16 + pl.col(ITEM))
+        return frame.sort(OFFSET, ITEM)
 
     @classmethod
     def from_parquet(cls, data: bytes, keys: Sequence[str], event: str) -> SeenKeys:
@@ -265,10 +287,19 @@ def _split_v1(key: str, n: int) -> list[str | None]:
     return parts + [None] * (n - len(parts))
 
 
-def parquet_bytes(frame: pl.DataFrame) -> bytes:
+def _sorted_dictionary(column: pl.Series) -> pa.DictionaryArray:
+    """A Categorical column as an Arrow dictionary array whose dictionary is its values, sorted."""
+    values = column.unique().drop_nulls()
+    names = values.cast(pl.String)
+    order = names.arg_sort()
+    ranks = pl.int_range(len(order), dtype=pl.UInt32, eager=True)
+    codes = column.to_physical().replace_strict(values.to_physical().gather(order), ranks, return_dtype=pl.UInt32)
+    return pa.DictionaryArray.from_arrays(codes.to_arrow(), names.gather(order).to_arrow())
+
+
+def parquet_bytes(table: pa.Table) -> bytes:
     """Deterministic Parquet of a table: zstd, delta-encoded integers, dictionary-encoded strings."""
-    table = frame.to_arrow()
-    strings = [f.name for f in table.schema if pa.types.is_string(f.type) or pa.types.is_large_string(f.type)]
+    strings = [f.name for f in table.schema if not pa.types.is_integer(f.type)]
     ints = [f.name for f in table.schema if pa.types.is_integer(f.type)]
     out = io.BytesIO()
     pq.write_table(table, out, compression="zstd", use_dictionary=strings, write_statistics=False,

@@ -29,8 +29,9 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import polars as pl
+import pyarrow as pa
 
-from anomaly.dedup import EVENT, SeenKeys, parquet_bytes
+from anomaly.dedup import EVENT, SeenKeys
 from anomaly.dims import Dimensions
 from anomaly.records import (
     ALARM_SCHEMA,
@@ -138,12 +139,11 @@ class EngineState:
             if only is not None and (topic, partition) not in only:
                 continue
             body = state.to_json()
-            table = state.seen.frame()
+            rows, blob = state.seen.to_parquet()
             body["seen"] = None
-            if table.height:
-                blob = parquet_bytes(table)
-                body["seen"] = {"offset": offset, "length": len(blob), "rows": table.height,
-                                "keys": list(state.seen.keys), "event": state.seen.event}  # fmt: skip
+            if rows:
+                body["seen"] = {"offset": offset, "length": len(blob), "rows": rows, "keys": list(state.seen.keys),
+                                "event": state.seen.event}  # fmt: skip
                 tables.append(blob)
                 offset += len(blob)
             partitions[f"{topic}|{partition}"] = body
@@ -153,31 +153,43 @@ class EngineState:
 
     @classmethod
     def restore(cls, data: bytes) -> EngineState:
-        """The state a :meth:`snapshot` was taken of (version 2, or version 1 of the previous release)."""
-        state = cls()
-        if data.startswith(SNAPSHOT_MAGIC):
-            end = data.index(b"\n", len(SNAPSHOT_MAGIC))
-            doc = json.loads(data[len(SNAPSHOT_MAGIC) : end])
-            if doc.get("version") != SNAPSHOT_VERSION:
-                raise ValueError(f"unknown engine state version {doc.get('version')!r}")
-            tables = memoryview(data)[end + 1 :]
-            for key, body in doc["partitions"].items():
-                topic, partition = key.rsplit("|", 1)
-                where = body.pop("seen")
-                seen = SeenKeys()
-                if where is not None:
-                    blob = bytes(tables[where["offset"] : where["offset"] + where["length"]])
-                    seen = SeenKeys.from_parquet(blob, where["keys"], where["event"])
-                    if len(seen) != where["rows"]:
-                        raise ValueError(f"engine state of {key}: {len(seen)} de-dup rows, header says {where['rows']}")
-                state.partitions[(topic, int(partition))] = PartitionState.from_json(body, seen)
-            return state
+        """The state a :meth:`snapshot` was taken of (version 2, or version 1 of the previous release).
+
+        Anything else, or a damaged snapshot, raises ValueError.
+        """
         try:
-            doc = json.loads(data)
-        except ValueError as exc:
-            raise ValueError(f"not an engine state snapshot: {exc}") from exc
+            return cls._read_v2(data) if data.startswith(SNAPSHOT_MAGIC) else cls._read_v1(data)
+        except ValueError:
+            raise
+        except (KeyError, TypeError, AttributeError, IndexError, pl.exceptions.PolarsError, pa.ArrowException) as exc:
+            raise ValueError(f"damaged engine state snapshot: {exc!r}") from exc
+
+    @classmethod
+    def _read_v2(cls, data: bytes) -> EngineState:
+        end = data.index(b"\n", len(SNAPSHOT_MAGIC))
+        doc = json.loads(data[len(SNAPSHOT_MAGIC) : end])
+        if doc.get("version") != SNAPSHOT_VERSION:
+            raise ValueError(f"unknown engine state version {doc.get('version')!r}")
+        tables = memoryview(data)[end + 1 :]
+        state = cls()
+        for key, body in doc["partitions"].items():
+            topic, partition = key.rsplit("|", 1)
+            where = body.pop("seen")
+            seen = SeenKeys()
+            if where is not None:
+                blob = bytes(tables[where["offset"] : where["offset"] + where["length"]])
+                seen = SeenKeys.from_parquet(blob, where["keys"], where["event"])
+                if len(seen) != where["rows"]:
+                    raise ValueError(f"engine state of {key}: {len(seen)} de-dup rows, the header says {where['rows']}")
+            state.partitions[(topic, int(partition))] = PartitionState.from_json(body, seen)
+        return state
+
+    @classmethod
+    def _read_v1(cls, data: bytes) -> EngineState:
+        doc = json.loads(data)
         if not isinstance(doc, dict) or doc.get("version") != 1:
-            raise ValueError(f"unknown engine state version {doc.get('version') if isinstance(doc, dict) else None!r}")
+            raise ValueError("not an engine state snapshot (neither version 2 nor a version-1 JSON document)")
+        state = cls()
         for key, body in doc["partitions"].items():
             topic, partition = key.rsplit("|", 1)
             seen = _v1_seen(topic, body.pop("seen", {}))

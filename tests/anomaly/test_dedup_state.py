@@ -260,3 +260,41 @@ def test_watermark_boundary_inside_a_bucket(newest_after: int) -> None:
     engine.duplicates(DOMAIN, batch([(0, 100, 0, "EQ_9", "temperature", limit + WINDOW_US)]))  # moves the watermark
     again = [(0, 200 + i, 0, f"EQ_{i}", "temperature", ts) for i, ts in enumerate(stamps)]
     assert engine.duplicates(DOMAIN, batch(again)).to_list() == [ts >= limit for ts in stamps]
+
+
+def test_restore_rejects_a_damaged_snapshot() -> None:
+    engine = dedup_engine()
+    engine.duplicates(DOMAIN, batch([(0, i, 0, f"EQ_{i}", "temperature", T0 + i) for i in range(50)]))
+    good = engine.state.snapshot()
+    header_end = good.index(b"\n", len(SNAPSHOT_MAGIC))
+    for damaged in (good[:-20], good[: header_end + 1], good.replace(b'"partitions"', b'"partitionz"'),
+                    good.replace(b'"rows":50', b'"rows":49'), good[:header_end - 3]):  # fmt: skip
+        with pytest.raises(ValueError):
+            EngineState.restore(damaged)
+
+
+_CHILD = """
+import sys
+import polars as pl
+pl.Series(["temperature", "zzz", "EQ_7", "vibration", "EQ_2"]).cast(pl.Categorical)  # other category codes
+from tests.anomaly.test_dedup_state import DOMAIN, batch, dedup_engine, snapshot_rows
+engine = dedup_engine()
+engine.duplicates(DOMAIN, batch(snapshot_rows()))
+sys.stdout.buffer.write(engine.state.snapshot())
+"""
+
+
+def snapshot_rows() -> list[tuple[int, int, int, str, str, int]]:
+    return [(i % 2, i, i % 3, f"EQ_{i % 9}", ("vibration", "temperature")[i % 2], T0 + i * 1000) for i in range(300)]
+
+
+def test_the_same_state_gives_the_same_bytes_in_another_process() -> None:
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    engine = dedup_engine()
+    engine.duplicates(DOMAIN, batch(list(reversed(snapshot_rows()))))
+    root = Path(__file__).resolve().parents[2]
+    child = subprocess.run([sys.executable, "-c", _CHILD], cwd=root, capture_output=True, check=True)
+    assert child.stdout == engine.state.snapshot()
