@@ -3,19 +3,23 @@
 A :class:`SeenKeys` holds, for each de-dup key seen, the position that first carried it (offset,
 item_index) and its event time, as polars columns in native types: string key columns Categorical
 (4 bytes a row), time key columns Int64 epoch microseconds; 28 bytes a key for equipment_metrics.
-Rows live in buckets of :data:`BUCKET_US` of event time, so that
+Rows are grouped by event time in buckets of :data:`BUCKET_US` (a segment is one bucket, or a run
+of sparse ones merged), so that
 
 - a batch is checked with one join (:func:`lookup`, all partitions at once) against only the
-  buckets its rows' event times fall in: a de-dup key holds the event time, so it can only match an
+  segments its rows' event times fall in: a de-dup key holds the event time, so it can only match an
   entry of its own bucket. The cost follows the batch, not the size of the state;
-- expiry drops whole buckets below the watermark, oldest first (no copy). Until its bucket goes, an
-  entry below the watermark is still stored but no longer matches (``limit``);
-- new rows are appended as chunks (:func:`store`); a bucket is rechunked once it is no longer one
-  of the two newest, or at :data:`MAX_CHUNKS` chunks, so each row is copied about once.
+- expiry drops whole segments below the watermark, oldest first (no copy). Until its segment goes,
+  an entry below the watermark is still stored but no longer matches (``limit``);
+- new rows are appended as chunks (:func:`store`); a segment is rechunked once it is no longer one
+  of the two newest buckets (or at :data:`MAX_CHUNKS` chunks), and merged with the one before it
+  while both hold at most :data:`TARGET_ROWS`, so each row is copied about once and a sparse
+  partition keeps a few frames, not one per second.
 
 A key whose event time is not one of its columns (no domain has one today) is looked up in every
-bucket. :meth:`SeenKeys.frame` is the canonical table of the live entries (strings as String,
-ordered by position) that snapshots store; :meth:`SeenKeys.from_frame` reads it back.
+segment. :meth:`SeenKeys.frame` is the canonical table of the live entries (strings as String,
+ordered by position); :meth:`SeenKeys.to_parquet` writes it deterministically for snapshots and
+:meth:`SeenKeys.from_parquet` reads it back.
 """
 
 from __future__ import annotations
