@@ -33,6 +33,7 @@ import queue
 import threading
 import time
 from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -46,12 +47,13 @@ import pyarrow.parquet as pq
 from domains.base import POSITION_KEY
 from merger.dataset import Dataset
 from merger.periods import Period
-from merger.verify import Checker, member
+from merger.verify import VerificationError, member
 
 ROW_GROUP_ROWS = 122_880
 READ_BATCH_ROWS = 65_536
+SPILL_THREADS = 2  # sources read at once in the first pass (decoding and encoding release the GIL)
 BASE_MB = 180  # interpreter, polars, pyarrow and DuckDB loaded, the dictionaries, what allocators keep
-RANGE_BYTES_PER_ROW = 1300.0  # a range read back, its order, the gathered rows, the writer's copy, encoders, checks
+RANGE_BYTES_PER_ROW = 1500.0  # a range read back, its order, the gathered rows, the writer's copy, encoders, checks
 
 
 class NotMergeable(Exception):
@@ -81,12 +83,14 @@ class MergeOutcome:
 
 
 class _Codes:
-    """One string column's dictionary: every value seen, in order of first sight; strings in, 32-bit codes out."""
+    """One string column's dictionary: every value seen, in order of first sight; strings in, 32-bit codes
+    out. Safe to share between threads."""
 
     def __init__(self) -> None:
         self.index: dict[str, int] = {}
         self.values: list[str] = []
-        self._cache: tuple[pa.Array, pa.Array] | None = None  # (source dictionary, its codes)
+        self._lock = threading.Lock()
+        self._cache: dict[int, tuple[pa.Array, pa.Array]] = {}  # id(source dictionary) -> (it, its codes)
         self._dictionary: pa.Array | None = None
 
     def encode(self, column: pa.Array | pa.ChunkedArray) -> pa.Array:
@@ -96,19 +100,23 @@ class _Codes:
         if not pa.types.is_dictionary(column.type):
             column = pc.dictionary_encode(column)
         source = column.dictionary
-        if self._cache is not None and self._cache[0] is source:
-            mapping = self._cache[1]  # batches of one row group share its dictionary
-        else:
-            codes = np.empty(len(source), dtype=np.int32)
-            for i, value in enumerate(source.to_pylist()):
-                code = self.index.get(value)
-                if code is None:
-                    code = self.index[value] = len(self.values)
-                    self.values.append(value)
-                    self._dictionary = None
-                codes[i] = code
-            mapping = pa.array(codes)
-            self._cache = (source, mapping)
+        with self._lock:
+            cached = self._cache.get(id(source))
+            if cached is not None and cached[0] is source:
+                mapping = cached[1]  # batches of one row group share its dictionary
+            else:
+                codes = np.empty(len(source), dtype=np.int32)
+                for i, value in enumerate(source.to_pylist()):
+                    code = self.index.get(value)
+                    if code is None:
+                        code = self.index[value] = len(self.values)
+                        self.values.append(value)
+                        self._dictionary = None
+                    codes[i] = code
+                mapping = pa.array(codes)
+                if len(self._cache) > 8:
+                    self._cache.clear()
+                self._cache[id(source)] = (source, mapping)
         return pc.take(mapping, column.indices)
 
     def text(self, codes: np.ndarray) -> list[str]:
@@ -221,6 +229,7 @@ class _Spill:
         self.pieces: list[list[_Piece]] = [[] for _ in firsts]
         self.runs: list[_Run] = []
         self.rank = np.zeros(0, dtype=np.int64)  # text rank of each entity code
+        self._lock = threading.Lock()  # runs, pieces, spill files, counters, ranks
 
     def path(self, number: int) -> Path:
         """Spill file of range ``number``."""
@@ -232,19 +241,23 @@ class _Spill:
             self.path(number).unlink(missing_ok=True)
 
     def add(self, source: SourceFile) -> None:
-        """Spill one source: one run, or several when its batches are not in order (each sorted)."""
+        """Spill one source: one run, or several when its batches are not in order (each sorted).
+        Sources may be spilled by several threads at once."""
         present = set(pq.read_schema(source.path).names)
         reader = pq.ParquetFile(source.path, read_dictionary=[n for n in self.strings if n in present],
                                 pre_buffer=False, buffer_size=1 << 20)  # fmt: skip
         run: _Run | None = None
-        for batch in reader.iter_batches(batch_size=READ_BATCH_ROWS, use_threads=True):
+        number = -1
+        for batch in reader.iter_batches(batch_size=READ_BATCH_ROWS, use_threads=False):
             frame = self._encode(batch, present)
             if not frame.height:
                 continue
             frame, ranks, lengths, first, last = self._sorted(frame)
             if run is None or run.last_key is None or first < run.last_key:
                 run = _Run(source.unique)
-                self.runs.append(run)
+                with self._lock:
+                    number = len(self.runs)
+                    self.runs.append(run)
             run.last_key = last
             stamp = frame["timestamp"].dt.epoch("us")
             lo, hi = stamp.min(), stamp.max()
@@ -252,7 +265,7 @@ class _Spill:
             run.ts_min = lo if run.ts_min is None else min(run.ts_min, lo)
             run.ts_max = hi if run.ts_max is None else max(run.ts_max, hi)
             run.rows += frame.height
-            self._split(frame, ranks, lengths, len(self.runs) - 1)
+            self._split(frame, ranks, lengths, number)
 
     def _split(self, frame: pl.DataFrame, ranks: np.ndarray, lengths: np.ndarray, run: int) -> None:
         """Append the batch's rows of each range to that range's spill file."""
@@ -266,10 +279,10 @@ class _Spill:
             with ipc.new_stream(sink, self.spill_schema) as writer:
                 writer.write_table(table.slice(int(cuts[a]), int(cuts[b] - cuts[a])))
             data = sink.getvalue()
-            with open(self.path(number), "ab") as out:
+            with self._lock, open(self.path(number), "ab") as out:
                 offset = out.tell()
                 out.write(data)
-            self.pieces[number].append(_Piece(run, offset, data.size))
+                self.pieces[number].append(_Piece(run, offset, data.size))
 
     def _encode(self, batch: pa.RecordBatch, present: set[str]) -> pl.DataFrame:
         """The batch's rows inside the period, with the target columns, strings as codes."""
@@ -287,7 +300,8 @@ class _Spill:
         lo, hi = stamp.min(), stamp.max()
         if stamp.null_count() or lo is None or hi is None or lo < self.start_us or hi >= self.end_us:  # type: ignore[operator]
             inside = frame.filter((stamp >= self.start_us) & (stamp < self.end_us))
-            self.outside += frame.height - inside.height
+            with self._lock:
+                self.outside += frame.height - inside.height
             frame = inside
         if frame[self.dataset.entity_key].null_count():
             raise NotMergeable(f"{self.dataset.root}: null {self.dataset.entity_key}")
@@ -296,12 +310,14 @@ class _Spill:
     def _ranks(self, codes: np.ndarray) -> np.ndarray:
         """Text ranks of entity codes."""
         values = self.codes[self.dataset.entity_key].values
-        if len(self.rank) < len(values):
-            missing = [self.rank_of_text.get(v, -1) for v in values[len(self.rank):]]
-            if -1 in missing:
-                raise NotMergeable(f"{self.dataset.root}: an entity changed between passes")
-            self.rank = np.concatenate([self.rank, np.array(missing, dtype=np.int64)])
-        return self.rank[codes]
+        with self._lock:
+            if len(self.rank) < len(values):
+                missing = [self.rank_of_text.get(v, -1) for v in values[len(self.rank):]]
+                if -1 in missing:
+                    raise NotMergeable(f"{self.dataset.root}: an entity changed between passes")
+                self.rank = np.concatenate([self.rank, np.array(missing, dtype=np.int64)])
+            rank = self.rank
+        return rank[codes]
 
     def _sorted(
         self, frame: pl.DataFrame
@@ -323,7 +339,8 @@ class _Spill:
             rank = pl.Series("_rank", self._ranks(frame[entity].to_numpy()))
             order = frame.select(rank, *self.order).with_row_index("_i").sort(["_rank", *self.order])["_i"]
             frame = frame[order]
-            self.sorted_pieces += 1
+            with self._lock:
+                self.sorted_pieces += 1
             runs = frame[entity].rle().struct.unnest()
             ranks = self._ranks(runs["value"].to_numpy())
             lengths = runs["len"].cast(pl.Int64).to_numpy()
@@ -367,10 +384,72 @@ def _losers(keys: pl.DataFrame, key: Sequence[str], topics: _Codes | None) -> np
     return candidates.filter(~pl.struct(list(key)).is_first_distinct())["_row"].to_numpy()
 
 
+class _Checks:
+    """Checks of the rows handed to the writer, on their codes, in the writer's thread: sorted by the
+    sort key (the entity by text rank) across the whole file, each de-dup key once (ranges split at
+    entities, so within a range), every removed repeat's twin kept; and the Kafka positions covered.
+    Independent of how the merge ordered and de-duplicated the rows."""
+
+    def __init__(self, dataset: Dataset, rank: np.ndarray, topics: _Codes | None, name: str) -> None:
+        self.entity, self.rank, self.topics, self.name = dataset.entity_key, rank, topics, name
+        self.rest = [c for c in dataset.sort_key if c != dataset.entity_key]
+        self.key = list(dataset.dedup_key)
+        self.rows = 0
+        self._last: tuple[object, ...] | None = None
+        self._positions: list[pl.DataFrame] = []
+
+    def add(self, table: pa.Table, removed: pl.DataFrame | None) -> None:
+        """Check one range's rows; ``removed``: the de-dup keys (codes) whose repeats were removed."""
+        columns = {n: table.column(n).combine_chunks() for n in dict.fromkeys([*self.rest, *self.key,
+                   self.entity, "kafka_topic", "kafka_partition", "kafka_offset"])}  # fmt: skip
+        frame = pl.DataFrame({n: c.indices if pa.types.is_dictionary(c.type) else c for n, c in columns.items()})
+        frame = frame.with_columns(pl.Series("_rank", self.rank[frame[self.entity].to_numpy()]))
+        self.rows += frame.height
+        first = tuple(frame.select("_rank", *self.rest).row(0))
+        if (not frame.select(pl.struct("_rank", *self.rest).is_sorted()).item()
+                or (self._last is not None and first < self._last)):  # type: ignore[operator]  # fmt: skip
+            raise VerificationError(f"{self.name}: rows not sorted near row {self.rows}")
+        self._last = tuple(frame.select("_rank", *self.rest).row(-1))
+        hashed = frame.select(pl.struct(self.key).hash())[:, 0].to_numpy()
+        ordered = np.sort(hashed)
+        if (ordered[1:] == ordered[:-1]).any() and frame.select(pl.struct(self.key).is_duplicated().any()).item():
+            raise VerificationError(f"{self.name}: a de-dup key is held twice near row {self.rows}")
+        if removed is not None and removed.height:
+            wanted = np.unique(removed.select(pl.struct(self.key).hash())[:, 0].to_numpy())
+            hits = frame.select(self.key).filter(pl.Series(member(hashed, wanted)))
+            missing = removed.height - removed.join(hits, on=self.key, how="semi", nulls_equal=True).height
+            if missing:
+                raise VerificationError(f"{self.name}: {missing} keys whose repeats were removed are missing")
+        self._positions.append(
+            frame.group_by("kafka_topic", "kafka_partition").agg(
+                pl.col("kafka_offset").min().alias("first"), pl.col("kafka_offset").max().alias("last"),
+                pl.len().alias("rows"),
+            )
+        )  # fmt: skip
+
+    def finish(self, expected_rows: int) -> tuple[dict[str, object], ...]:
+        """Check the row count; per (topic, partition), the lowest and highest offset and the rows."""
+        if self.rows != expected_rows:
+            raise VerificationError(f"{self.name}: {self.rows} rows checked, {expected_rows} written")
+        if not self._positions:
+            return ()
+        merged = (
+            pl.concat(self._positions)
+            .group_by("kafka_topic", "kafka_partition")
+            .agg(pl.col("first").min(), pl.col("last").max(), pl.col("rows").sum())
+        )
+        topic = (lambda code: self.topics.values[code]) if self.topics is not None else (lambda code: code)
+        return tuple(sorted(
+            ({"topic": topic(t), "partition": int(p), "first": int(lo), "last": int(hi), "rows": int(n)}
+             for t, p, lo, hi, n in merged.iter_rows()),
+            key=lambda r: (r["topic"], r["partition"]),
+        ))  # fmt: skip
+
+
 class _Writer:
     """Writes Arrow tables to one Parquet file in a background thread, in row groups of fixed size."""
 
-    def __init__(self, path: Path, schema: pa.Schema, compression_level: int | None, checker: Checker) -> None:
+    def __init__(self, path: Path, schema: pa.Schema, compression_level: int | None, checker: _Checks) -> None:
         self.path, self.schema, self.level, self.checker = path, schema, compression_level, checker
         self.rows = 0
         self._queue: queue.Queue[tuple[pa.Table, pl.DataFrame | None] | None] = queue.Queue()
@@ -381,6 +460,14 @@ class _Writer:
         self._thread.start()
 
     def _loop(self) -> None:
+        self.cpu = 0.0
+        started = time.thread_time()
+        try:
+            self._loop_inner()
+        finally:
+            self.cpu = time.thread_time() - started
+
+    def _loop_inner(self) -> None:
         carry: pa.Table | None = None
         try:
             while (item := self._queue.get()) is not None:
@@ -464,6 +551,7 @@ class _Ranges:
         tables = [ipc.open_stream(data.slice(p.offset, p.length)).read_all() for p in self.spill.pieces[number]]
         frame = pl.from_arrow(pa.concat_tables(tables))
         assert isinstance(frame, pl.DataFrame)
+        frame = frame.rechunk()  # one copy makes the gathers below several times faster
         ends = np.cumsum([t.num_rows for t in tables])
         return frame, [np.arange(end - t.num_rows, end) for t, end in zip(tables, ends.tolist(), strict=True)]
 
@@ -474,11 +562,7 @@ class _Ranges:
             keys = keys[rows]
         found = _losers(keys.with_row_index("_row"), self.key, self.spill.codes.get("kafka_topic"))
         if len(found):
-            removed = keys[found].select(self.key).unique()
-            self.removed = removed.with_columns(
-                [pl.Series(c, self.spill.codes[c].values, dtype=pl.String).gather(removed[c]).alias(c)
-                 for c in self.key if c in self.spill.codes]
-            )  # fmt: skip
+            self.removed = keys[found].select(self.key).unique()
         return found if rows is None else rows[found]
 
     def _index(self, number: int, frame: pl.DataFrame, pieces: list[np.ndarray]) -> np.ndarray:
@@ -543,9 +627,10 @@ class _Ranges:
             clock = time.perf_counter()
             out = frame[index]
             del frame
+            table = self._arrow(out) if out.height else None
             timings["gather"] += time.perf_counter() - clock
-            if out.height:
-                yield self._arrow(out), self.removed
+            if table is not None:
+                yield table, self.removed
 
 
 def check_mergeable(dataset: Dataset) -> None:
@@ -601,12 +686,12 @@ def merge_sorted(
         timings["count"] = time.perf_counter() - started
         spill = _Spill(dataset, period, schema, scratch, counts, max_rows or range_rows(memory_limit_mb))
         cleanup.callback(spill.remove)
-        for f in files:
-            spill.add(f)
+        with ThreadPoolExecutor(SPILL_THREADS, thread_name_prefix="merge-spill") as pool:
+            list(pool.map(spill.add, files))
         pa.default_memory_pool().release_unused()  # decoding buffers of the first pass
         timings["spill"] = time.perf_counter() - started - timings["count"]
         ranges = _Ranges(dataset, spill)
-        checker = Checker(dataset, f"{dataset.root} {period.name}")
+        checker = _Checks(dataset, spill.rank, spill.codes.get("kafka_topic"), f"{dataset.root} {period.name}")
         writer = _Writer(out, schema, compression_level, checker)
         try:
             for table, removed in ranges.tables(timings):
@@ -618,6 +703,7 @@ def merge_sorted(
             clock = time.perf_counter()
             rows = writer.close()
             timings["close"] = time.perf_counter() - clock
+            timings["writer_cpu"] = writer.cpu
     positions = checker.finish(rows)
     return MergeOutcome(sum(r.rows for r in spill.runs), rows, ranges.duplicates, spill.outside, spill.ranges,
                         spill.sorted_pieces, positions, {k: round(v, 2) for k, v in timings.items()})  # fmt: skip

@@ -33,10 +33,9 @@ class VerificationError(RuntimeError):
     """Merged rows are not what their sources and the merge say they should be."""
 
 
-def member(values: np.ndarray, ordered: np.ndarray) -> np.ndarray:
-    """Whether each of ``values`` is in ``ordered`` (sorted, non-empty): a binary search per value."""
-    at = np.minimum(np.searchsorted(ordered, values), len(ordered) - 1)
-    return np.asarray(ordered[at] == values)
+def member(values: np.ndarray, wanted: np.ndarray) -> np.ndarray:
+    """Whether each of ``values`` is in ``wanted`` (a hash-set lookup per value)."""
+    return pl.Series(values).is_in(pl.Series(wanted).implode()).to_numpy()
 
 
 def _entity_stretches(column: pa.Array) -> tuple[list[str], np.ndarray]:
