@@ -65,7 +65,7 @@ def arrow_types(path: Path) -> list[tuple[str, pa.DataType]]:
 
 
 @pytest.mark.parametrize("domain_name", ["robot_status", "equipment_metrics"])
-@pytest.mark.parametrize("chunk_rows", [None, 300])
+@pytest.mark.parametrize("chunk_rows", [None, 300, 40])  # 40: every entity split by time
 def test_fast_merge_equals_duckdb_with_replays_and_resent_keys(
     tmp_path: Path, domain_name: str, chunk_rows: int | None
 ) -> None:
