@@ -5,7 +5,8 @@ that ``polars.read_avro`` decodes the whole batch in native code. Each record is
 index in the batch (an Avro ``long``), and the container schema is the record schema with a leading
 ``_fms_idx: long`` field: after decoding, ``_fms_idx`` must read 0..n-1, which proves that every
 record consumed exactly its own bytes. A corrupt record shifts that sequence (or fails the decode),
-and the caller falls back to per-record decoding to isolate it.
+and the caller falls back to per-record decoding to isolate it. A sentinel record (numbered n, all
+fields at their zero encoding) closes the block, so trailing bytes after the last value shift it too.
 
 The container is written into a buffer that each thread reuses from batch to batch, and strings
 are declared as ``bytes`` (same encoding, read faster) and cast back to strings in one call, which
@@ -191,15 +192,66 @@ def _numbers(n: int) -> pl.Series:
     return pl.int_range(0, n, eager=True, dtype=pl.Int64)
 
 
-def _fill(buffer: io.BytesIO, header: bytes, values: list[bytes]) -> None:
-    """Write ``values`` into ``buffer`` as one numbered container block (see the module docstring)."""
+@lru_cache(maxsize=64)
+def _sentinel(schema_json: str, header_bytes: int) -> bytes:
+    """The value bytes of the closing record: the framing bytes, then every field at its zero encoding."""
+    schema = json.loads(schema_json)
+    return bytes(header_bytes) + zero_encoding(schema, _named_types(schema))
+
+
+def _named_types(avro_type: Any, found: dict[str, Any] | None = None) -> dict[str, Any]:
+    found = {} if found is None else found
+    if isinstance(avro_type, list):
+        for branch in avro_type:
+            _named_types(branch, found)
+    elif isinstance(avro_type, dict):
+        if avro_type.get("type") in ("record", "enum", "fixed") and "name" in avro_type:
+            found[avro_type["name"]] = avro_type
+            found[f"{avro_type.get('namespace')}.{avro_type['name']}"] = avro_type
+        for field in avro_type.get("fields", []):
+            _named_types(field["type"], found)
+        for key in ("items", "values"):
+            if key in avro_type:
+                _named_types(avro_type[key], found)
+        if isinstance(avro_type.get("type"), dict | list):
+            _named_types(avro_type["type"], found)
+    return found
+
+
+def zero_encoding(avro_type: Any, named: dict[str, Any]) -> bytes:
+    """The shortest valid encoding of ``avro_type``: zeros, empty strings and collections, the first
+    branch of a union, the first symbol of an enum."""
+    if isinstance(avro_type, list):
+        return b"\x00" + zero_encoding(avro_type[0], named)
+    if isinstance(avro_type, str):
+        if avro_type == "null":
+            return b""
+        if avro_type in ("boolean", "int", "long", "string", "bytes"):
+            return b"\x00"
+        if avro_type in ("float", "double"):
+            return bytes(4 if avro_type == "float" else 8)
+        return zero_encoding(named[avro_type], named)
+    kind = avro_type["type"]
+    if kind == "record":
+        return b"".join(zero_encoding(f["type"], named) for f in avro_type["fields"])
+    if kind in ("enum", "array", "map"):
+        return b"\x00"
+    if kind == "fixed":
+        return bytes(avro_type["size"])
+    return zero_encoding(kind, named)  # a primitive with attributes (e.g. a logicalType)
+
+
+def _fill(buffer: io.BytesIO, header: bytes, values: list[bytes], sentinel: bytes) -> None:
+    """Write ``values`` and the ``sentinel`` into ``buffer`` as one numbered container block (see the
+    module docstring)."""
     n = len(values)
-    parts: list[bytes] = [b""] * (2 * n)
-    parts[0::2] = index_prefixes(n)
-    parts[1::2] = values
+    parts: list[bytes] = [b""] * (2 * n + 2)
+    parts[0::2] = index_prefixes(n + 1)
+    parts[1:-1:2] = values
+    parts[-1] = sentinel
     buffer.seek(0)
     buffer.write(header)
-    buffer.write(zigzag_varint(n))
+    buffer.write(zigzag_varint(n + 1))
     size_at = buffer.tell()
     buffer.write(bytes(_SIZE_WIDTH))  # the block size, written once the records are in
     buffer.writelines(parts)
@@ -227,13 +279,14 @@ def decode_block(
     """
     n = len(values)
     header = _container_header(schema_json, header_bytes, inline)
+    sentinel = _sentinel(schema_json, header_bytes)
     buffer = _buffer()
     try:
         try:
-            _fill(buffer, header, values)
+            _fill(buffer, header, values, sentinel)
         except BufferError:  # a reader still holds a view of the previous batch: take a new buffer
             buffer = _BUFFERS.buffer = io.BytesIO()
-            _fill(buffer, header, values)
+            _fill(buffer, header, values, sentinel)
         frame = pl.read_avro(buffer)
     except BaseException as exc:  # noqa: BLE001 - polars raises a PanicException (BaseException)
         if isinstance(exc, KeyboardInterrupt | SystemExit):
@@ -241,8 +294,10 @@ def decode_block(
         _BUFFERS.buffer = None  # start the next batch from a clean buffer
         return None
     index = frame.get_column(_IDX)
-    if frame.height != n or not index.equals(_numbers(n), check_names=False):
+    if frame.height != n + 1 or not index.equals(_numbers(n + 1), check_names=False):
         return None
+    frame = frame.head(n)  # without the sentinel
+    index = index.head(n)
     casts = _string_casts(schema_json, inline)
     try:
         columns = [

@@ -652,7 +652,7 @@ def _typed_rows(
         priority = pl.when(rules[i][1]).then(pl.lit(i, pl.Int32)).otherwise(priority)
     # Eager sort, then unique: the first row of each message is the one with its first failing rule.
     failing_rows = flat.filter(bad).with_columns(priority.alias("_rule")).collect(optimizations=_AS_WRITTEN)
-    ranked_rows = failing_rows.sort([_ROW, "_rule"])
+    ranked_rows = failing_rows.sort([_ROW, "_rule"], maintain_order=True)  # ties: the first item reports
     ranked_rows = ranked_rows.unique(_ROW, keep="first")
     for rule_index in ranked_rows.get_column("_rule").unique().to_list():
         reason, _, detail = rules[rule_index]

@@ -244,3 +244,32 @@ def test_inlined_records_read_as_their_fields(name: str) -> None:
     assert inlined.select(sorted(inlined.columns)).equals(widened.select(sorted(widened.columns)))
     with pytest.raises(ValueError, match="not a record"):
         avro.inline_records(domain.schema, ("timestamp",))
+
+
+@pytest.mark.parametrize("name", list(DOMAINS))
+@pytest.mark.parametrize("fmt", ["avro", "avro-confluent"])
+@pytest.mark.parametrize("where", [0, 2, 4])
+def test_trailing_bytes_after_a_record_reject_it_wherever_it_sits_in_the_batch(name: str, fmt: str, where: int) -> None:
+    """The block is closed by a sentinel record, so junk after the *last* value shifts it like junk
+    after any other value: the message is rejected, its neighbours kept."""
+    domain = DOMAINS[name]
+    values: list[bytes | None] = [_encode(domain, canonical_example(name), fmt) for _ in range(5)]
+    values[where] = bytes(values[where] or b"") + b"\x02junk"
+    decoded = _decode(domain, values)
+    assert [(r.index, r.reason) for r in decoded.rejected] == [(where, SCHEMA_ERROR)]
+    clean = _decode(domain, [v for i, v in enumerate(values) if i != where])
+    assert decoded.rows.height == clean.rows.height
+    assert sorted(set(decoded.rows["kafka_offset"].to_list())) == [i for i in range(5) if i != where]
+
+
+def test_zero_encoding_is_a_valid_record_of_every_domain_schema() -> None:
+    import io
+
+    import fastavro
+
+    for domain in DOMAINS.values():
+        schema = domain.parsed_schema
+        data = avro.zero_encoding(domain.schema, avro._named_types(domain.schema))
+        stream = io.BytesIO(data)
+        fastavro.schemaless_reader(stream, schema, None)
+        assert stream.tell() == len(data)
