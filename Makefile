@@ -6,7 +6,7 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
-PACKAGES := common domains settings storage collector anomaly merger backfill trafficgen embedded
+PACKAGES := common domains settings storage collector anomaly merger backfill trafficgen embedded bench
 
 .PHONY: demo test lint bench install clean
 

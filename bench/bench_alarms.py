@@ -68,7 +68,7 @@ def main() -> None:
                     for record in consumer.consume(1000, 0.2):
                         if record.error() is None:
                             arrived = time.time()
-                            alarm = json.loads(record.value())
+                            alarm = json.loads(record.value() or b"{}")
                             if alarm.get("rule") == "offline_timeout":
                                 continue  # found by the sweep, not a message: no source time to measure from
                             event = datetime.fromisoformat(str(alarm["event_time"]).replace("Z", "+00:00"))
