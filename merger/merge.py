@@ -27,7 +27,7 @@ from common.layout import parse_minute_key
 from merger.catalog import Manifest, manifest_key
 from merger.dataset import Dataset
 from merger.periods import Period, file_key
-from merger.sorted_merge import NotMergeable, SourceFile, merge_sorted
+from merger.sorted_merge import MergeOutcome, NotMergeable, SourceFile, merge_sorted
 from merger.verify import VerificationError
 from storage.base import ObjectStore
 
@@ -229,12 +229,20 @@ def merge_local(
     sources allow it, else DuckDB."""
     try:
         outcome = merge_sorted(dataset, period, files, out, scratch, memory_limit_mb, max_rows=chunk_rows)
-    except NotMergeable as exc:
-        log.info("general merge", extra={"period": period.name, "root": dataset.root, "reason": str(exc)})
+        _check_written(period, files, out, outcome)
+    except (NotMergeable, VerificationError) as exc:
+        # Sources the fast merge cannot use, or a result that fails its checks: the general path
+        # (which de-duplicates everything) decides, and verifies its own result.
+        level = logging.INFO if isinstance(exc, NotMergeable) else logging.WARNING
+        log.log(level, "general merge", extra={"period": period.name, "root": dataset.root, "reason": str(exc)})
         out.unlink(missing_ok=True)
         return merge_duckdb(dataset, period, [f.path for f in files], out, scratch, memory_limit_mb, chunk_rows)
-    # Verify before publishing: the rows written were checked as they were written (sorted, each key
-    # once, every removed repeat's twin kept; merger.verify); here the counts add up and the file reads.
+    return LocalMerge(outcome.source_rows, outcome.rows, outcome.positions, "sorted")
+
+
+def _check_written(period: Period, files: list[SourceFile], out: Path, outcome: MergeOutcome) -> None:
+    """Verify before publishing: the rows were checked as they were written (sorted, each key once,
+    every removed repeat's twin kept); here the counts add up, the footer agrees and the file reads."""
     stored = sum(pq.read_metadata(f.path).num_rows for f in files)
     if outcome.rows + outcome.duplicates + outcome.outside != stored:
         raise VerificationError(
@@ -247,7 +255,6 @@ def merge_local(
         raise VerificationError(f"merged {period.name}: footer says {footer} rows, {outcome.rows} written")
     if reader.metadata.num_row_groups:
         reader.read_row_group(reader.metadata.num_row_groups - 1)  # every column decodes
-    return LocalMerge(outcome.source_rows, outcome.rows, outcome.positions, "sorted")
 
 
 def merge_period(

@@ -1,8 +1,8 @@
 """The fast merge: sources sorted by the domain's sort key are merged entity range by entity range,
 reading every source once, sorting only where sources overlap in time and de-duplicating only where
-duplicates can exist.
+repeats can be.
 
-Why it can skip most of the work:
+Why most of the work can be skipped:
 
 - minute files (collector) and merged files (this merger) are sorted by entity, time and position;
   the first pass checks every batch (and sorts one that is not);
@@ -11,16 +11,19 @@ Why it can skip most of the work:
   ranges; a group of one merged file (already de-duplicated) is not checked, other rows are checked
   with a 64-bit hash of the key and resolved exactly on the few rows whose hash repeats;
 - groups are disjoint in time, so within an entity the output is the groups' rows one after the
-  other: a range is assembled with one gather, not sorted (a group of several sources, e.g. a
-  minute file and its replay, is sorted on its own first).
+  other: a range is assembled with one gather, not sorted (a group of several sources, e.g. a minute
+  file and its replay, is ordered on its own first).
 
-Memory stays bounded whatever the input size: the first pass streams each source batch by batch
-into a local spill file of fixed-width columns (strings become 32-bit codes into one dictionary per
-column), noting where each entity's rows are; the second pass memory-maps the spill and takes one
-entity range at a time, sized from the budget. Codes go to the Parquet writer as dictionary arrays
-over those dictionaries, so strings are never rebuilt row by row. The writer runs in a background
-thread (zstd, row groups of fixed size, no Arrow schema hint: readers see plain strings, as in the
-files DuckDB wrote) while the next range is prepared.
+Memory stays bounded whatever the input size. A pre-pass counts rows per entity (entity column
+only) and plans ranges of a size taken from the budget; an entity with more rows than a range holds
+is split at event times. The first pass streams each source batch by batch (two sources at once)
+into one LZ4 spill file per range, as fixed-width columns: strings become 32-bit codes into one
+dictionary per column. The second pass reads one range at a time back. Codes go to the Parquet writer
+as dictionary arrays over those dictionaries (cut to the range's values when large), so strings are
+never rebuilt row by row. The writer runs in a background thread (zstd, row groups of fixed size, no
+Arrow schema hint: readers see plain strings, as in the files DuckDB wrote) while the next range is
+prepared, and checks each range it writes independently of how it was built: sorted across the file,
+each de-dup key once, every removed repeat's twin kept, and the Kafka positions covered.
 
 Inputs the fast merge does not handle (a de-dup key without the entity or the event time, one
 column with two types, a null entity) raise :class:`NotMergeable` before anything is written.
@@ -52,6 +55,7 @@ from merger.verify import VerificationError, member
 ROW_GROUP_ROWS = 122_880
 READ_BATCH_ROWS = 65_536
 SPILL_COMPRESSION: str | None = "lz4"  # of the spill files: a fifth of the disk for ~8 % more time
+LOCAL_DICTIONARY_BYTES = 64 * 1024  # a column dictionary larger than this is cut per range
 HEAVY_TIME_BINS = 4096  # resolution of the event-time histogram that splits an entity too large for one range
 SPILL_THREADS = 2  # sources read at once in the first pass (decoding and encoding release the GIL)
 BASE_MB = 180  # interpreter, polars, pyarrow and DuckDB loaded, the dictionaries, what allocators keep
@@ -468,11 +472,14 @@ class _Checks:
         self._last: tuple[object, ...] | None = None
         self._positions: list[pl.DataFrame] = []
 
-    def add(self, table: pa.Table, removed: pl.DataFrame | None) -> None:
-        """Check one range's rows; ``removed``: the de-dup keys (codes) whose repeats were removed."""
-        columns = {n: table.column(n).combine_chunks() for n in dict.fromkeys([*self.rest, *self.key,
-                   self.entity, "kafka_topic", "kafka_partition", "kafka_offset"])}  # fmt: skip
-        frame = pl.DataFrame({n: c.indices if pa.types.is_dictionary(c.type) else c for n, c in columns.items()})
+    def columns(self) -> list[str]:
+        """The columns checked."""
+        return list(dict.fromkeys([*self.rest, *self.key, self.entity, "kafka_topic", "kafka_partition",
+                                   "kafka_offset"]))  # fmt: skip
+
+    def add(self, frame: pl.DataFrame, removed: pl.DataFrame | None) -> None:
+        """Check one range's rows (:meth:`columns`, strings as codes); ``removed``: the de-dup keys
+        (codes) whose repeats were removed."""
         frame = frame.with_columns(pl.Series("_rank", self.rank[frame[self.entity].to_numpy()]))
         self.rows += frame.height
         first = tuple(frame.select("_rank", *self.rest).row(0))
@@ -522,7 +529,7 @@ class _Writer:
     def __init__(self, path: Path, schema: pa.Schema, compression_level: int | None, checker: _Checks) -> None:
         self.path, self.schema, self.level, self.checker = path, schema, compression_level, checker
         self.rows = 0
-        self._queue: queue.Queue[tuple[pa.Table, pl.DataFrame | None] | None] = queue.Queue()
+        self._queue: queue.Queue[tuple[pa.Table, pl.DataFrame, pl.DataFrame | None] | None] = queue.Queue()
         self._free = threading.Semaphore(1)  # one range in the writer while the next is prepared
         self._error: BaseException | None = None
         self._writer: pq.ParquetWriter | None = None
@@ -541,15 +548,15 @@ class _Writer:
         carry: pa.Table | None = None
         try:
             while (item := self._queue.get()) is not None:
-                table, removed = item
-                self.checker.add(table, removed)  # the rows written, checked off the producer's thread
+                table, checked, removed = item
+                self.checker.add(checked, removed)  # the rows written, checked off the producer's thread
                 if carry is not None:
                     table = pa.concat_tables([carry, table])
                 full = table.num_rows - table.num_rows % ROW_GROUP_ROWS
                 if full:
                     self._write(table.slice(0, full))
                 carry = table.slice(full) if full < table.num_rows else None
-                del table, removed
+                del table, checked, removed
                 pa.default_memory_pool().release_unused()  # encoder buffers go back, not kept for reuse
                 self._free.release()
             if carry is not None:
@@ -570,13 +577,13 @@ class _Writer:
         self._writer.write_table(table, row_group_size=ROW_GROUP_ROWS)
         self.rows += table.num_rows
 
-    def put(self, table: pa.Table, removed: pl.DataFrame | None) -> None:
-        """Hand rows to the writer (waits while the previous range is still being written); ``removed``:
-        the de-dup keys whose repeats were removed from them."""
+    def put(self, table: pa.Table, checked: pl.DataFrame, removed: pl.DataFrame | None) -> None:
+        """Hand rows to the writer (waits while the previous range is still being written), with the
+        checked columns of the same rows (strings as codes) and the de-dup keys whose repeats were removed."""
         self._free.acquire()
         if self._error is not None:
             raise self._error
-        self._queue.put((table, removed))
+        self._queue.put((table, checked, removed))
 
     def close(self) -> int:
         """Flush, close and return the rows written."""
@@ -673,17 +680,30 @@ class _Ranges:
         return np.concatenate([blocks_rows[i] for i in sequence.tolist()])
 
     def _arrow(self, frame: pl.DataFrame) -> pa.Table:
-        """The rows for the writer: codes as dictionary arrays over the column dictionaries."""
+        """The rows for the writer: codes as dictionary arrays over the column dictionaries (a large
+        dictionary cut to the values the range uses: the writer stores a dictionary per row group)."""
         arrays = []
         for name, column in zip(frame.columns, frame.iter_columns(), strict=True):
             array = column.to_arrow(compat_level=pl.CompatLevel.newest())
             if name in self.dictionaries:
-                array = pa.DictionaryArray.from_arrays(array, self.dictionaries[name])
+                dictionary = self.dictionaries[name]
+                if dictionary.nbytes > LOCAL_DICTIONARY_BYTES:
+                    codes = column.to_numpy()
+                    used = np.flatnonzero(np.bincount(codes[codes >= 0] if column.null_count() else codes,
+                                                      minlength=len(dictionary)))  # fmt: skip
+                    local = np.full(len(dictionary), -1, dtype=np.int32)
+                    local[used] = np.arange(len(used), dtype=np.int32)
+                    array = pc.take(pa.array(local), array)  # nulls stay null
+                    dictionary = dictionary.take(pa.array(used))
+                array = pa.DictionaryArray.from_arrays(array, dictionary)
             arrays.append(array)
         return pa.Table.from_arrays(arrays, schema=self.out_schema)
 
-    def tables(self, timings: dict[str, float]) -> Iterator[tuple[pa.Table, pl.DataFrame | None]]:
-        """Each range's rows, de-duplicated and sorted, with the keys whose repeats were removed."""
+    def tables(
+        self, timings: dict[str, float], checked: list[str]
+    ) -> Iterator[tuple[pa.Table, pl.DataFrame, pl.DataFrame | None]]:
+        """Each range's rows, de-duplicated and sorted, with their ``checked`` columns (codes) and the
+        keys whose repeats were removed."""
         for number in range(self.spill.ranges):
             if not self.spill.pieces[number]:
                 continue
@@ -700,7 +720,7 @@ class _Ranges:
             table = self._arrow(out) if out.height else None
             timings["gather"] += time.perf_counter() - clock
             if table is not None:
-                yield table, self.removed
+                yield table, out.select(checked), self.removed
 
 
 def check_mergeable(dataset: Dataset) -> None:
@@ -767,10 +787,10 @@ def merge_sorted(
         checker = _Checks(dataset, spill.rank, spill.codes.get("kafka_topic"), f"{dataset.root} {period.name}")
         writer = _Writer(out, schema, compression_level, checker)
         try:
-            for table, removed in ranges.tables(timings):
+            for table, checked, removed in ranges.tables(timings, checker.columns()):
                 clock = time.perf_counter()
-                writer.put(table, removed)
-                del table, removed
+                writer.put(table, checked, removed)
+                del table, checked, removed
                 timings["put"] += time.perf_counter() - clock
         finally:
             clock = time.perf_counter()

@@ -1,7 +1,7 @@
-"""Checks of a merged file's rows before it is published.
+"""An independent check of a merged file, read back: :func:`verify_merged` (tests and tools; the merge
+itself checks its rows as they are written, in ``merger.sorted_merge``).
 
-:class:`Checker` takes the rows in file order, a row group or an entity range at a time, and checks
-that they are
+:class:`Checker` takes the rows in file order, a row group at a time, and checks that they are
 
 - sorted by the dataset's sort key across the whole file;
 - holding each de-dup key once: rows sharing a key share the entity and the event time, so in
@@ -9,11 +9,9 @@ that they are
   carried into the next check;
 - holding every key whose repeats were removed (a removed row always has its twin kept);
 
-and counts the rows and the Kafka positions they cover (for the manifest). The fast merge feeds it
-exactly the tables its Parquet writer gets, in the writer's thread; :func:`verify_merged` feeds it a
-file read back. Together with ``rows written + repeats removed + rows outside the period = rows stored
-in the sources`` this is the old ``row count = distinct keys of its sources`` check, without a second
-global de-duplication.
+and counts the rows and the Kafka positions they cover (as in the manifest). Together with ``rows
+written + repeats removed + rows outside the period = rows stored in the sources`` this is the old
+``row count = distinct keys of its sources`` check, without a second global de-duplication.
 """
 
 from __future__ import annotations

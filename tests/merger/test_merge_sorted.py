@@ -181,3 +181,34 @@ def test_many_sources_and_many_ranges_keep_every_row_once(tmp_path: Path) -> Non
     fast, duck = both(tmp_path, Dataset.facts(domain), HOUR, files, chunk_rows=150)
     assert fast.equals(duck)
     assert fast.height == pl.concat(parts).select(domain.dedup_key).unique().height
+
+
+def test_large_dictionaries_are_cut_per_range(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import merger.sorted_merge as sorted_merge
+
+    monkeypatch.setattr(sorted_merge, "LOCAL_DICTIONARY_BYTES", 0)  # every dictionary counts as large
+    domain = DOMAINS["equipment_metrics"]
+    rows = decoded(domain, START, 400, timedelta(seconds=5), 0, seed=31)
+    files = [SourceFile(str(p)) for p in write_minutes(tmp_path / "src", domain, rows)]
+    fast, duck = both(tmp_path, Dataset.facts(domain), HOUR, files, chunk_rows=200)
+    assert fast.equals(duck)
+    meta = pq.read_metadata(tmp_path / "fast.parquet")
+    column = meta.schema.to_arrow_schema().get_field_index(domain.entity_key)
+    stats = meta.row_group(0).column(column).statistics  # over the rows, not the dictionary's values
+    head = fast.head(meta.row_group(0).num_rows)[domain.entity_key]
+    assert (stats.min, stats.max) == (head.min(), head.max())
+
+
+def test_a_result_failing_its_checks_is_merged_again_by_duckdb(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import merger.sorted_merge as sorted_merge
+
+    def broken(self: object, frame: pl.DataFrame, removed: pl.DataFrame | None) -> None:
+        raise VerificationError("simulated: a de-dup key is held twice")
+
+    monkeypatch.setattr(sorted_merge._Checks, "add", broken)
+    domain = DOMAINS["robot_status"]
+    rows = decoded(domain, START, 300, timedelta(seconds=6), 0, seed=33)
+    files = [SourceFile(str(p)) for p in write_minutes(tmp_path / "src", domain, rows)]
+    merged = merge_local(Dataset.facts(domain), HOUR, files, tmp_path / "out.parquet", tmp_path)
+    assert merged.method == "duckdb" and merged.rows == rows.height
+    assert pl.read_parquet(tmp_path / "out.parquet").equals(rows.sort(list(domain.sort_key)))
