@@ -95,6 +95,8 @@ class Collector:
         self.engine: AnomalyEngine | None = None
         self._dims_fingerprint = ""
         self._next_dims_check = self._next_sweep = self._next_state_save = 0.0
+        self._state_saved: dict[tuple[str, int], tuple[int | None, int]] = {}  # partition -> what was saved
+        self._sweeps = 0  # sweeps that changed the state
         if settings.anomaly_enabled:
             self._dims_fingerprint = Dimensions.fingerprint(store, settings.dims_prefix)
             self.engine = AnomalyEngine(Dimensions.load(store, settings.dims_prefix), EngineState(), EngineConfig())
@@ -328,6 +330,8 @@ class Collector:
         if self.sweep_enabled and now_mono >= self._next_sweep:
             self._next_sweep = now_mono + self.settings.sweep_interval_seconds
             alarms, dlq = self.engine.state.sweep(self.clock(), self.engine.dims, self.engine.config)
+            if alarms.height or dlq.height:
+                self._sweeps += 1  # the sweep recorded its findings in the state: checkpoint it again
             metrics.SEED.observe_sweep(alarms)
             for alarm in alarms.pipe(_alarm_dicts):
                 self.dlq.publish_alarm(alarm, None, None)
@@ -361,11 +365,16 @@ class Collector:
         if self.engine is None:
             return
         for tp in partitions:
+            # Unchanged since the last checkpoint (nothing consumed, no sweep finding): nothing to write.
+            version = (self.tracker.next_offset(tp), self._sweeps)
+            if self._state_saved.get(tp) == version:
+                continue
             try:
                 self.store.put(self.state_key(tp), self.engine.state.snapshot(only={tp}))
             except TransientError as exc:
                 log.warning("engine state checkpoint failed", extra={"error": str(exc)})
                 return
+            self._state_saved[tp] = version
 
     def load_state(self, partitions: list[TopicPartition]) -> None:
         """Restore the engine state of newly assigned partitions."""
@@ -651,6 +660,7 @@ class Collector:
         if self.engine is not None:
             for topic, partition in revoked:
                 self.engine.state.drop(topic, partition)
+                self._state_saved.pop((topic, partition), None)
         self.tracker.forget(revoked)
         self.event_times.forget(revoked)
         self.pending_ages.forget(revoked)
@@ -667,6 +677,7 @@ class Collector:
         if self.engine is not None:
             for topic, partition in lost:
                 self.engine.state.drop(topic, partition)
+                self._state_saved.pop((topic, partition), None)
         log.warning("partitions lost; dropped their buffered rows", extra={"rows": dropped})
 
     def _pause(self) -> None:

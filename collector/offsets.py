@@ -63,6 +63,10 @@ class OffsetTracker:
         """The last offset committed for ``tp`` by this process (None if none)."""
         return self._committed.get(tp)
 
+    def next_offset(self, tp: TopicPartition) -> int | None:
+        """The offset after the last one consumed from ``tp`` (None before the first)."""
+        return self._next.get(tp)
+
     def consumed_any(self, tp: TopicPartition) -> bool:
         """Whether anything of ``tp`` was consumed since it was assigned."""
         return tp in self._next
