@@ -59,7 +59,7 @@ LOCAL_DICTIONARY_BYTES = 64 * 1024  # a column dictionary larger than this is cu
 HEAVY_TIME_BINS = 4096  # resolution of the event-time histogram that splits an entity too large for one range
 SPILL_THREADS = 2  # sources read at once in the first pass (decoding and encoding release the GIL)
 BASE_MB = 180  # interpreter, polars, pyarrow and DuckDB loaded, the dictionaries, what allocators keep
-RANGE_BYTES_PER_ROW = 1500.0  # a range read back, its order, the gathered rows, the writer's copy, encoders, checks
+RANGE_BYTES_PER_ROW = 1700.0  # two ranges read back (one ahead), the order, gathered rows, the writer's copy, checks
 
 
 class NotMergeable(Exception):
@@ -704,23 +704,27 @@ class _Ranges:
     ) -> Iterator[tuple[pa.Table, pl.DataFrame, pl.DataFrame | None]]:
         """Each range's rows, de-duplicated and sorted, with their ``checked`` columns (codes) and the
         keys whose repeats were removed."""
-        for number in range(self.spill.ranges):
-            if not self.spill.pieces[number]:
-                continue
-            self.removed = None
-            clock = time.perf_counter()
-            frame, pieces = self._read(number)
-            timings["read"] += time.perf_counter() - clock
-            clock = time.perf_counter()
-            index = self._index(number, frame, pieces)
-            timings["order"] += time.perf_counter() - clock
-            clock = time.perf_counter()
-            out = frame[index]
-            del frame
-            table = self._arrow(out) if out.height else None
-            timings["gather"] += time.perf_counter() - clock
-            if table is not None:
-                yield table, out.select(checked), self.removed
+        numbers = [n for n in range(self.spill.ranges) if self.spill.pieces[n]]
+        # The next range is read (decompressed, converted) in a thread while this one is ordered.
+        with ThreadPoolExecutor(1, thread_name_prefix="merge-read") as pool:
+            ahead = pool.submit(self._read, numbers[0]) if numbers else None
+            for i, number in enumerate(numbers):
+                self.removed = None
+                clock = time.perf_counter()
+                assert ahead is not None
+                frame, pieces = ahead.result()
+                ahead = pool.submit(self._read, numbers[i + 1]) if i + 1 < len(numbers) else None
+                timings["read"] += time.perf_counter() - clock
+                clock = time.perf_counter()
+                index = self._index(number, frame, pieces)
+                timings["order"] += time.perf_counter() - clock
+                clock = time.perf_counter()
+                out = frame[index]
+                del frame
+                table = self._arrow(out) if out.height else None
+                timings["gather"] += time.perf_counter() - clock
+                if table is not None:
+                    yield table, out.select(checked), self.removed
 
 
 def check_mergeable(dataset: Dataset) -> None:
