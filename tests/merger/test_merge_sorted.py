@@ -212,3 +212,14 @@ def test_a_result_failing_its_checks_is_merged_again_by_duckdb(tmp_path: Path, m
     merged = merge_local(Dataset.facts(domain), HOUR, files, tmp_path / "out.parquet", tmp_path)
     assert merged.method == "duckdb" and merged.rows == rows.height
     assert pl.read_parquet(tmp_path / "out.parquet").equals(rows.sort(list(domain.sort_key)))
+
+
+def test_a_spill_too_large_for_the_scratch_disk_is_compressed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import merger.sorted_merge as sorted_merge
+
+    monkeypatch.setattr(sorted_merge, "SPILL_DISK_SHARE", 0.0)  # no room: LZ4 spill files
+    domain = DOMAINS["robot_status"]
+    rows = decoded(domain, START, 600, timedelta(seconds=5), 0, seed=35)
+    files = [SourceFile(str(p)) for p in write_minutes(tmp_path / "src", domain, rows)]
+    fast, duck = both(tmp_path, Dataset.facts(domain), HOUR, files, chunk_rows=100)
+    assert fast.equals(duck) and fast.height == rows.height
