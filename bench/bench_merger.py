@@ -12,7 +12,7 @@ Cases (equipment_metrics, messages of four readings, 20 partitions keyed by equi
 
 Each merge runs in a child process so its peak RSS (VmHWM) is its own; the merger gets what
 ``merge_period`` gives it (local files, which of them are merged files, the 512 MiB budget) and does
-everything but the download and upload: merge, read-back verification and covered positions.
+everything but the download and upload: the merge, its checks and the covered positions.
 ``--sizes`` also runs the hour merge alone at other sizes, to show that its peak RSS does not grow
 with the input.
 

@@ -22,8 +22,8 @@ dictionary per column. The second pass reads one range at a time back. Codes go 
 as dictionary arrays over those dictionaries (cut to the range's values when large), so strings are
 never rebuilt row by row. The writer runs in a background thread (zstd, row groups of fixed size, no
 Arrow schema hint: readers see plain strings, as in the files DuckDB wrote) while the next range is
-prepared, and checks each range it writes independently of how it was built: sorted across the file,
-each de-dup key once, every removed repeat's twin kept, and the Kafka positions covered.
+prepared. Each range handed to it is checked independently of how it was built: sorted across the
+file, each de-dup key once, every removed repeat's twin kept; and the Kafka positions it covers.
 
 Inputs the fast merge does not handle (a de-dup key without the entity or the event time, one
 column with two types, a null entity) raise :class:`NotMergeable` before anything is written.
@@ -262,6 +262,13 @@ def plan_ranges(counts: dict[str, int], max_rows: int, splits: dict[str, list[in
     return _Plan(first, split_ranks, ranges)
 
 
+def _width(dtype: pa.DataType) -> int:
+    """Bytes a value of ``dtype`` takes in the spill (an estimate for variable-width types)."""
+    if pa.types.is_boolean(dtype) or not pa.types.is_primitive(dtype):
+        return 1 if pa.types.is_boolean(dtype) else 16
+    return int(dtype.byte_width)
+
+
 class _Spill:
     """First pass: every source, batch by batch, into one spill file per entity range, as fixed-width
     columns (strings as codes)."""
@@ -290,9 +297,8 @@ class _Spill:
         self.runs: list[_Run] = []
         self.rank = np.zeros(0, dtype=np.int64)  # text rank of each entity code
         self._lock = threading.Lock()  # runs, pieces, spill files, counters, ranks
-        # Uncompressed while the spill (fixed-width columns, ~ the rows' Arrow size) fits the disk easily.
-        row_bytes = sum(4 if f.name in self.codes else max(1, f.type.byte_width if pa.types.is_primitive(f.type)
-                        and not pa.types.is_boolean(f.type) else 16) for f in schema)  # fmt: skip
+        # Uncompressed while the spill (about the rows' fixed-width size) fits the disk easily.
+        row_bytes = sum(4 if f.name in self.codes else _width(f.type) for f in schema)
         roomy = sum(counts.values()) * row_bytes < SPILL_DISK_SHARE * shutil.disk_usage(folder).free
         self.options = ipc.IpcWriteOptions(compression=None if roomy else SPILL_COMPRESSION)
 
@@ -383,8 +389,8 @@ class _Spill:
             with self._lock:
                 self.outside += frame.height - inside.height
             frame = inside
-        if frame[self.dataset.entity_key].null_count():
-            raise NotMergeable(f"{self.dataset.root}: null {self.dataset.entity_key}")
+        if any(frame[c].null_count() for c in self.dataset.sort_key):
+            raise NotMergeable(f"{self.dataset.root}: nulls in the sort key {self.dataset.sort_key}")
         return frame
 
     def _ranks(self, codes: np.ndarray) -> np.ndarray:
@@ -465,9 +471,9 @@ def _losers(keys: pl.DataFrame, key: Sequence[str], topics: _Codes | None) -> np
 
 
 class _Checks:
-    """Checks of the rows handed to the writer, on their codes, in the writer's thread: sorted by the
-    sort key (the entity by text rank) across the whole file, each de-dup key once (ranges split at
-    entities, so within a range), every removed repeat's twin kept; and the Kafka positions covered.
+    """Checks of the rows handed to the writer, on their codes: sorted by the sort key (the entity by
+    text rank) across the whole file, each de-dup key once (rows sharing a key share the entity and the
+    time, so the same range), every removed repeat's twin kept; and the Kafka positions covered.
     Independent of how the merge ordered and de-duplicated the rows."""
 
     def __init__(self, dataset: Dataset, rank: np.ndarray, topics: _Codes | None, name: str) -> None:
@@ -532,10 +538,10 @@ class _Checks:
 class _Writer:
     """Writes Arrow tables to one Parquet file in a background thread, in row groups of fixed size."""
 
-    def __init__(self, path: Path, schema: pa.Schema, compression_level: int | None, checker: _Checks) -> None:
-        self.path, self.schema, self.level, self.checker = path, schema, compression_level, checker
+    def __init__(self, path: Path, schema: pa.Schema, compression_level: int | None) -> None:
+        self.path, self.schema, self.level = path, schema, compression_level
         self.rows = 0
-        self._queue: queue.Queue[tuple[pa.Table, pl.DataFrame, pl.DataFrame | None] | None] = queue.Queue()
+        self._queue: queue.Queue[pa.Table | None] = queue.Queue()
         self._free = threading.Semaphore(1)  # one range in the writer while the next is prepared
         self._error: BaseException | None = None
         self._writer: pq.ParquetWriter | None = None
@@ -546,23 +552,21 @@ class _Writer:
         self.cpu = 0.0
         started = time.thread_time()
         try:
-            self._loop_inner()
+            self._write_queued()
         finally:
             self.cpu = time.thread_time() - started
 
-    def _loop_inner(self) -> None:
+    def _write_queued(self) -> None:
         carry: pa.Table | None = None
         try:
-            while (item := self._queue.get()) is not None:
-                table, checked, removed = item
-                self.checker.add(checked, removed)  # the rows written, checked off the producer's thread
+            while (table := self._queue.get()) is not None:
                 if carry is not None:
                     table = pa.concat_tables([carry, table])
                 full = table.num_rows - table.num_rows % ROW_GROUP_ROWS
                 if full:
                     self._write(table.slice(0, full))
                 carry = table.slice(full) if full < table.num_rows else None
-                del table, checked, removed
+                del table
                 self._free.release()
             if carry is not None:
                 self._write(carry)
@@ -582,13 +586,12 @@ class _Writer:
         self._writer.write_table(table, row_group_size=ROW_GROUP_ROWS)
         self.rows += table.num_rows
 
-    def put(self, table: pa.Table, checked: pl.DataFrame, removed: pl.DataFrame | None) -> None:
-        """Hand rows to the writer (waits while the previous range is still being written), with the
-        checked columns of the same rows (strings as codes) and the de-dup keys whose repeats were removed."""
+    def put(self, table: pa.Table) -> None:
+        """Hand rows to the writer (waits while the previous range is still being written)."""
         self._free.acquire()
         if self._error is not None:
             raise self._error
-        self._queue.put((table, checked, removed))
+        self._queue.put(table)
 
     def close(self) -> int:
         """Flush, close and return the rows written."""
@@ -776,7 +779,7 @@ def merge_sorted(
     wins), sorted by the dataset's sort key; ``scratch`` holds the spill. Raises NotMergeable
     (nothing written) when an assumption does not hold."""
     started = time.perf_counter()
-    timings = dict.fromkeys(("count", "spill", "read", "order", "gather", "put", "close"), 0.0)
+    timings = dict.fromkeys(("count", "spill", "read", "order", "gather", "check", "put", "close"), 0.0)
     check_mergeable(dataset)
     with contextlib.ExitStack() as cleanup:
         paths = [f.path for f in files]
@@ -794,11 +797,14 @@ def merge_sorted(
         timings["spill"] = time.perf_counter() - started - timings["count"]
         ranges = _Ranges(dataset, spill)
         checker = _Checks(dataset, spill.rank, spill.codes.get("kafka_topic"), f"{dataset.root} {period.name}")
-        writer = _Writer(out, schema, compression_level, checker)
+        writer = _Writer(out, schema, compression_level)
         try:
             for table, checked, removed in ranges.tables(timings, checker.columns()):
                 clock = time.perf_counter()
-                writer.put(table, checked, removed)
+                checker.add(checked, removed)  # the very rows handed to the writer
+                timings["check"] += time.perf_counter() - clock
+                clock = time.perf_counter()
+                writer.put(table)
                 del table, checked, removed
                 timings["put"] += time.perf_counter() - clock
         finally:
