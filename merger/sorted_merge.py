@@ -51,7 +51,7 @@ import pyarrow.parquet as pq
 from domains.base import POSITION_KEY
 from merger.dataset import Dataset
 from merger.periods import Period
-from merger.verify import VerificationError, member
+from merger.verify import PositionTally, VerificationError, member
 
 ROW_GROUP_ROWS = 122_880
 READ_BATCH_ROWS = 65_536
@@ -482,7 +482,7 @@ class _Checks:
         self.key = list(dataset.dedup_key)
         self.rows = 0
         self._last: tuple[object, ...] | None = None
-        self._positions: list[pl.DataFrame] = []
+        self._positions = PositionTally()
 
     def columns(self) -> list[str]:
         """The columns checked."""
@@ -509,30 +509,14 @@ class _Checks:
             missing = removed.height - removed.join(hits, on=self.key, how="semi", nulls_equal=True).height
             if missing:
                 raise VerificationError(f"{self.name}: {missing} keys whose repeats were removed are missing")
-        self._positions.append(
-            frame.group_by("kafka_topic", "kafka_partition").agg(
-                pl.col("kafka_offset").min().alias("first"), pl.col("kafka_offset").max().alias("last"),
-                pl.len().alias("rows"),
-            )
-        )  # fmt: skip
+        self._positions.add(frame)
 
     def finish(self, expected_rows: int) -> tuple[dict[str, object], ...]:
         """Check the row count; per (topic, partition), the lowest and highest offset and the rows."""
         if self.rows != expected_rows:
             raise VerificationError(f"{self.name}: {self.rows} rows checked, {expected_rows} written")
-        if not self._positions:
-            return ()
-        merged = (
-            pl.concat(self._positions)
-            .group_by("kafka_topic", "kafka_partition")
-            .agg(pl.col("first").min(), pl.col("last").max(), pl.col("rows").sum())
-        )
-        topic = (lambda code: self.topics.values[code]) if self.topics is not None else (lambda code: code)
-        return tuple(sorted(
-            ({"topic": topic(t), "partition": int(p), "first": int(lo), "last": int(hi), "rows": int(n)}
-             for t, p, lo, hi, n in merged.iter_rows()),
-            key=lambda r: (r["topic"], r["partition"]),
-        ))  # fmt: skip
+        topics = self.topics
+        return self._positions.summary(str if topics is None else lambda code: str(topics.values[code]))
 
 
 class _Writer:

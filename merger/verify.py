@@ -16,7 +16,9 @@ written + repeats removed + rows outside the period = rows stored in the sources
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import polars as pl
@@ -45,6 +47,38 @@ def _entity_stretches(column: pa.Array) -> tuple[list[str], np.ndarray]:
     return values, runs["len"].to_numpy()
 
 
+class PositionTally:
+    """Per (topic, partition) of the frames added: the lowest and highest Kafka offset and the rows."""
+
+    def __init__(self) -> None:
+        self._parts: list[pl.DataFrame] = []
+
+    def add(self, frame: pl.DataFrame) -> None:
+        """Count ``frame``'s rows (columns kafka_topic, kafka_partition, kafka_offset)."""
+        self._parts.append(
+            frame.group_by("kafka_topic", "kafka_partition").agg(
+                pl.col("kafka_offset").min().alias("first"), pl.col("kafka_offset").max().alias("last"),
+                pl.len().alias("rows"),
+            )
+        )  # fmt: skip
+
+    def summary(self, topic_name: Callable[[Any], str] = str) -> tuple[dict[str, object], ...]:
+        """One entry per (topic, partition), sorted; ``topic_name`` turns a topic value (e.g. a code)
+        into its name."""
+        if not self._parts:
+            return ()
+        merged = (
+            pl.concat(self._parts)
+            .group_by("kafka_topic", "kafka_partition")
+            .agg(pl.col("first").min(), pl.col("last").max(), pl.col("rows").sum())
+        )
+        return tuple(sorted(
+            ({"topic": topic_name(t), "partition": int(p), "first": int(lo), "last": int(hi), "rows": int(n)}
+             for t, p, lo, hi, n in merged.iter_rows()),
+            key=lambda r: (r["topic"], r["partition"]),
+        ))  # fmt: skip
+
+
 class Checker:
     """Checks rows fed in file order (see the module docstring)."""
 
@@ -58,7 +92,7 @@ class Checker:
         self.rows = 0
         self._last: tuple[object, ...] | None = None
         self._carry: pl.DataFrame | None = None
-        self._positions: list[pl.DataFrame] = []
+        self._positions = PositionTally()
 
     def add(self, table: pa.Table | pa.RecordBatch, removed: pl.DataFrame | None = None) -> None:
         """Check the next rows; ``removed``: de-dup keys (text) whose repeats were removed from them."""
@@ -93,12 +127,7 @@ class Checker:
         self._carry = keys.filter((pl.col(self.entity) == tail[0]) & (pl.col("timestamp") == tail[1]))
         if removed is not None and removed.height:
             self._twins(keys, hashed[len(window) - len(keys):], removed)
-        self._positions.append(
-            frame.group_by("kafka_topic", "kafka_partition").agg(
-                pl.col("kafka_offset").min().alias("first"), pl.col("kafka_offset").max().alias("last"),
-                pl.len().alias("rows"),
-            )
-        )  # fmt: skip
+        self._positions.add(frame)
 
     def _twins(self, keys: pl.DataFrame, hashed: np.ndarray, removed: pl.DataFrame) -> None:
         """Every removed key is among ``keys`` (hashes first, then exactly)."""
@@ -117,19 +146,7 @@ class Checker:
         and the rows held."""
         if self.rows != expected_rows:
             raise VerificationError(f"{self.name}: {self.rows} rows checked, {expected_rows} expected")
-        if not self._positions:
-            return ()
-        merged = (
-            pl.concat(self._positions)
-            .with_columns(pl.col("kafka_topic").cast(pl.String))
-            .group_by("kafka_topic", "kafka_partition")
-            .agg(pl.col("first").min(), pl.col("last").max(), pl.col("rows").sum())
-            .sort("kafka_topic", "kafka_partition")
-        )
-        return tuple(
-            {"topic": t, "partition": int(p), "first": int(lo), "last": int(hi), "rows": int(n)}
-            for t, p, lo, hi, n in merged.iter_rows()
-        )
+        return self._positions.summary()
 
 
 def verify_merged(
