@@ -24,6 +24,7 @@ from domains import DOMAINS
 from domains.decode import BatchDecoder, MessageBatch, Rejected
 from tests.anomaly.helpers import NOW, message, rows_of
 from trafficgen import TrafficGenerator
+from trafficgen.messages import product_code
 
 SEED_NAMES = (
     "equipment_anomaly_rate", "late_arrival_count", "qc_defect_rate", "qc_threshold_miss_rate",
@@ -425,6 +426,18 @@ def test_label_values_are_bounded_and_a_bad_batch_does_not_raise(caplog: pytest.
 # -- the running collector -----------------------------------------------------------------------
 
 
+def start_with_missing_qc_threshold(latest: datetime) -> datetime:
+    """The latest time at or before ``latest`` from which line f makes P67812346 for the next 15 minutes.
+
+    The sample dimensions have no ROUGHNESS threshold for that product, and the product running on a
+    line changes by shift: a run starting at any other time would have no threshold-missing items.
+    """
+    at = latest
+    while not product_code("f", at) == product_code("f", at + timedelta(minutes=15)) == "P67812346":
+        at -= timedelta(minutes=15)
+    return at
+
+
 def scrape(port: int) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
         text = response.read().decode()
@@ -445,7 +458,7 @@ def test_running_collector_exposes_seed_metrics_that_match_its_parquet_files(kaf
     upload_samples(store)
     env = {"KAFKA_BROKERS": kafka.bootstrap, "STORAGE_BACKEND": "local", "LOCAL_STORAGE_DIR": config.local_dir,
            "ANOMALY_ENABLED": "true", "SWEEP_INTERVAL_SECONDS": "1"}  # fmt: skip
-    start = (datetime.now(UTC) - timedelta(hours=2)).replace(microsecond=0)
+    start = start_with_missing_qc_threshold((datetime.now(UTC) - timedelta(hours=2)).replace(microsecond=0))
     produced = produce_tracked(kafka.bootstrap, TrafficGenerator(
         seed=9, start=start, fault_rates={"wrong_unit": 0.03, "bad_enum": 0.03, "late_arrival": 0.05},
     ).generate(3000))  # fmt: skip
