@@ -320,19 +320,53 @@ class AnomalyEngine:
             self._robot_history(rows)
 
     def _robot_history(self, rows: pl.DataFrame) -> None:
-        """Status transitions and battery drain per hour (outside charging), per partition."""
+        """Status transitions and battery drain per hour (outside charging), per partition.
+
+        Each report, in event-time (then Kafka) order per robot, is compared with the robot's report
+        before it (the state's for the first one of the batch): a different status is a transition; a
+        later report, not charging, whose level did not rise adds the drop and the time between them.
+        """
+        group = ["kafka_topic", "kafka_partition", "robot_id"]
         ordered = rows.sort("timestamp", *POSITION_KEY).select(
-            "kafka_topic", "kafka_partition", "robot_id", pl.col("timestamp").dt.epoch("us"), "status_current",
-            "battery_level",
+            *group, pl.col("timestamp").dt.epoch("us").alias("_ts"), pl.col("status_current").alias("_status"),
+            pl.col("battery_level").cast(pl.Float64).alias("_level"),
         )  # fmt: skip
-        for topic, partition, robot, ts, status, battery in ordered.iter_rows():
+        robots = ordered.select(group).unique(maintain_order=True)
+        before = [
+            (state.status.get(robot), *(state.battery.get(robot) or (None, None)))
+            for state, robot in ((self.state.partition(t, p), r) for t, p, r in robots.iter_rows())
+        ]
+        robots = robots.with_columns(
+            pl.Series("_status0", [b[0] for b in before], dtype=pl.String),
+            pl.Series("_ts0", [b[1] for b in before], dtype=pl.Int64),
+            pl.Series("_level0", [b[2] for b in before], dtype=pl.Float64),
+        )
+        first = pl.int_range(pl.len()).over(group) == 0
+        previous = {c: pl.when(first).then(pl.col(f"{c}0")).otherwise(pl.col(c).shift().over(group))
+                    for c in ("_status", "_ts", "_level")}  # fmt: skip
+        drains = (
+            pl.col("_prev_ts").is_not_null() & (pl.col("_ts") > pl.col("_prev_ts"))
+            & (pl.col("_status") != "charging") & (pl.col("_level") <= pl.col("_prev_level"))
+        ).fill_null(False)  # fmt: skip
+        compared = (
+            ordered.join(robots, on=group, how="left", maintain_order="left")
+            .with_columns(**{f"_prev{c}": e for c, e in previous.items()})
+            .with_columns(
+                _transition=(pl.col("_prev_status").is_not_null() & (pl.col("_prev_status") != pl.col("_status"))),
+                _drop=pl.when(drains).then(pl.col("_prev_level") - pl.col("_level")).otherwise(0.0),
+                _hours=pl.when(drains).then((pl.col("_ts") - pl.col("_prev_ts")) / 3.6e9).otherwise(0.0),
+            )
+        )
+        totals = compared.group_by("kafka_topic", "kafka_partition").agg(
+            pl.col("_transition").sum(), pl.col("_drop").sum(), pl.col("_hours").sum()
+        )
+        for topic, partition, transitions, drop, hours in totals.iter_rows():
             state = self.state.partition(topic, partition)
-            previous = state.status.get(robot)
-            if previous is not None and previous != status:
-                state.transitions += 1
+            state.transitions += int(transitions)
+            state.drain_pct += float(drop)
+            state.drain_hours += float(hours)
+        latest = compared.group_by(group, maintain_order=True).agg(pl.col("_ts", "_status", "_level").last())
+        for topic, partition, robot, ts, status, level in latest.iter_rows():
+            state = self.state.partition(topic, partition)
             state.status[robot] = status
-            sample = state.battery.get(robot)
-            if sample is not None and ts > sample[0] and status != "charging" and battery <= sample[1]:
-                state.drain_pct += sample[1] - battery
-                state.drain_hours += (ts - sample[0]) / 3.6e9
-            state.battery[robot] = [ts, battery]
+            state.battery[robot] = [ts, level]

@@ -79,8 +79,11 @@ def best_match(
     first in the table.
     """
     renamed = table.with_row_index("_order").rename({c: f"{prefix}{c}" for c in table.columns})
-    keys = [RID, *exact, *wildcards] + ([at] if at else [])
-    probe = rows.select(keys)
+    keys = [*exact, *wildcards] + ([at] if at else [])
+    # Without a validity time the match depends only on the key columns: each distinct combination is
+    # resolved once (a batch holds a few hundred of them for tens of thousands of rows) and joined back.
+    # With one, nearly every row has its own time, so rows are matched one by one.
+    probe = rows.select(pl.col(RID).alias("_key"), *keys) if at else rows.select(keys).unique().with_row_index("_key")
     cand = probe.join(renamed, left_on=exact, right_on=[f"{prefix}{c}" for c in exact], how="inner")
     cond = pl.lit(True)
     for c in wildcards:
@@ -91,15 +94,18 @@ def best_match(
     cand = cand.filter(cond)
     specificity = pl.sum_horizontal([pl.col(f"{prefix}{c}").is_not_null().cast(pl.Int32) for c in wildcards]) \
         if wildcards else pl.lit(0)  # fmt: skip
-    sort_cols = [RID, "_spec"] + ([f"{prefix}valid_from"] if at else []) + ["_order"]
+    sort_cols = ["_key", "_spec"] + ([f"{prefix}valid_from"] if at else []) + ["_order"]
     descending = [False, True] + ([True] if at else []) + [False]
     best = (
         cand.with_columns(_spec=specificity)
         .sort(sort_cols, descending=descending, nulls_last=True)
-        .unique(RID, keep="first", maintain_order=True)
-        .select(RID, *[pl.col(f"{prefix}{c}") for c in take])
+        .unique("_key", keep="first", maintain_order=True)
+        .select("_key", *[pl.col(f"{prefix}{c}") for c in take])
     )
-    return rows.join(best, on=RID, how="left")
+    if at:
+        return rows.join(best.rename({"_key": RID}), on=RID, how="left", maintain_order="left")
+    resolved = probe.join(best, on="_key", how="left").drop("_key")
+    return rows.join(resolved, on=keys, how="left", nulls_equal=True, maintain_order="left")
 
 
 def lookup(rows: pl.DataFrame, table: pl.DataFrame, on: list[str], take: dict[str, str]) -> pl.DataFrame:
