@@ -13,13 +13,17 @@ import signal
 import socket
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Any
 
 import polars as pl
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
 
-from anomaly import AnomalyEngine, Dimensions, EngineConfig, EngineState, flag_schema
+from anomaly import AnomalyEngine, Dimensions, EngineConfig, EngineState, Evaluation, flag_schema
 from anomaly.records import alarm_dicts as _alarm_dicts
 from collector import metrics
 from collector.buffer import DLQ, Bucket, MinuteBuffer
@@ -33,7 +37,7 @@ from common.layout import minute_key, position_suffix
 from common.progress import PartitionProgress, progress_key
 from domains import DOMAINS, domain_for_topic
 from domains.base import POSITION_KEY, Domain
-from domains.decode import BatchDecoder, MessageBatch, Rejected
+from domains.decode import BatchDecoder, DecodedBatch, MessageBatch, Rejected
 from domains.dlq import DLQ_ROW_SCHEMA, DLQ_SORT_KEY, dlq_root, dlq_rows
 from domains.registry import SchemaResolver
 from settings import CollectorSettings
@@ -56,6 +60,17 @@ KAFKA_LOG.addFilter(ThrottleFilter(_kafka_log_key))
 Clock = Callable[[], datetime]
 
 
+@dataclass(frozen=True)
+class EncodedBucket:
+    """A buffered minute's Parquet file, ready to upload."""
+
+    rows: pl.DataFrame
+    key: str
+    data: bytes
+    positions: list[dict[str, Any]]  # the manifest's Kafka positions
+    started: float  # perf_counter when encoding began (flush latency)
+
+
 def utc_now() -> datetime:
     """The wall clock, as an aware UTC datetime."""
     return datetime.now(UTC)
@@ -74,6 +89,10 @@ class Collector:
         self.decoders = {
             t: BatchDecoder(domain_for_topic(t), resolver, kafka.wire_format_for(t)) for t in kafka.kafka_topic
         }
+        self.workers = (
+            ThreadPoolExecutor(settings.worker_threads, thread_name_prefix="decode")
+            if settings.worker_threads > 1 else None
+        )  # fmt: skip
         self.buffer = MinuteBuffer()
         self.tracker = OffsetTracker()
         self.event_times = EventTimeTracker()
@@ -83,6 +102,10 @@ class Collector:
         self._next_progress = 0.0
         self._last_poll = time.monotonic()
         self._partition_counts: dict[str, int] = {}
+        # Partitions found empty at an offset while nothing was consumed from them: their progress is
+        # that offset without asking the broker again (a blocking round trip per partition).
+        self._empty_at: dict[tuple[str, int], int] = {}
+        self._unfetched: set[tuple[str, int]] = set()  # nothing read, no position at the last progress report
         self._next_partition_counts = 0.0
         self.health = HealthState(stall_seconds=max(60.0, settings.shutdown_timeout_seconds))
         self.backoff = Backoff()
@@ -158,6 +181,8 @@ class Collector:
         finally:
             self.consumer.close()
             self.dlq.close(5)
+            if self.workers is not None:
+                self.workers.shutdown()
             if stop_http:
                 stop_http()
 
@@ -200,7 +225,7 @@ class Collector:
                 time.sleep(0.2)
         self.checkpoint(final=True)
         if self.report_progress:
-            self.write_progress({(p.topic, p.partition) for p in self.consumer.assignment()})
+            self.write_progress({(p.topic, p.partition) for p in self.consumer.assignment()}, final=True)
         if len(self.buffer):
             log.error("stopped with rows not stored; they will be re-read", extra={"rows": self.buffer.rows})
         else:
@@ -209,7 +234,13 @@ class Collector:
     # -- consume and decode ---------------------------------------------------------------------
 
     def process(self, messages: list[Message]) -> None:
-        """Decode consumed messages per topic; buffer rows, send rejects to the DLQ."""
+        """Decode consumed messages per topic; buffer rows, send rejects to the DLQ.
+
+        Each topic's messages are decoded and evaluated by the anomaly engine in a worker thread
+        (polars and the Avro reader release the GIL, and each topic's engine state is its own), then
+        their outcomes are applied here, topic after topic: DLQ records, alarms, buffered rows and the
+        offsets they hold.
+        """
         started = time.perf_counter()
         now = self.clock()
         by_topic: dict[str, list[Message]] = {}
@@ -219,25 +250,21 @@ class Collector:
                 self._on_consume_error(error)
                 continue
             by_topic.setdefault(message.topic(), []).append(message)  # type: ignore[arg-type]
-        for topic, batch_messages in by_topic.items():
-            decoder = self.decoders[topic]
-            batch = MessageBatch(
-                topic=topic,
-                values=[m.value() for m in batch_messages],
-                partitions=[m.partition() for m in batch_messages],  # type: ignore[misc]
-                offsets=[m.offset() for m in batch_messages],  # type: ignore[misc]
-                timestamps_ms=[m.timestamp()[1] for m in batch_messages],
-            )
-            decoded = decoder.decode(batch, now)
-            metrics.SEED.observe_rejects(decoder.domain.name, decoded.rejected)
-            domain = decoder.domain.name
+        work = [(topic, batch_messages, now) for topic, batch_messages in by_topic.items()]
+        if len(work) > 1 and self.workers is not None:
+            results = list(self.workers.map(lambda args: self.decode_and_evaluate(*args), work))
+        else:
+            results = [self.decode_and_evaluate(*args) for args in work]
+        for (topic, batch_messages, _now), (batch, decoded, evaluation, details) in zip(work, results, strict=True):
+            domain = self.decoders[topic].domain
+            metrics.SEED.observe_rejects(domain.name, decoded.rejected)
             rows = decoded.rows
-            self.dlq.publish(decoder.domain, batch_messages, decoded.rejected, now)
-            self.file_rejected(decoder.domain, batch_messages, decoded.rejected, now)
-            if self.engine is not None:
-                rows = self.evaluate(decoder.domain, rows, batch_messages, now)
+            self.dlq.publish(domain, batch_messages, decoded.rejected, now)
+            self.file_rejected(domain, batch_messages, decoded.rejected, now)
+            if evaluation is not None:
+                rows = self.apply_evaluation(domain, evaluation, rows, batch_messages, batch, now, details)
             if self.settings.write_files:
-                self.buffer.add(domain, rows)
+                self.buffer.add(domain.name, rows)
             spans: dict[int, list[int]] = {}  # partition -> [first offset, last offset, oldest Kafka time ms]
             for partition, offset, ts in zip(batch.partitions, batch.offsets, batch.timestamps_ms, strict=True):
                 span = spans.get(partition)
@@ -251,11 +278,32 @@ class Collector:
                 self.tracker.consumed((topic, partition), last)
                 self.event_times.observe((topic, partition), last, newest.get(partition))
                 self.pending_ages.observe((topic, partition), first, last, oldest_ms)
-            metrics.MESSAGES_IN.labels(domain).inc(len(batch))
-            metrics.ROWS_IN.labels(domain).inc(decoded.rows.height)
+            metrics.MESSAGES_IN.labels(domain.name).inc(len(batch))
+            metrics.ROWS_IN.labels(domain.name).inc(decoded.rows.height)
         metrics.BUFFERED_BYTES.set(self.buffer.nbytes)
         metrics.BUFFERED_ROWS.set(self.buffer.rows)
         metrics.PROCESS_SECONDS.observe(time.perf_counter() - started)
+
+    def decode_and_evaluate(
+        self, topic: str, messages: list[Message], now: datetime
+    ) -> tuple[MessageBatch, DecodedBatch, Evaluation | None, pl.DataFrame | None]:
+        """The side-effect-free part of processing one topic's messages (safe to run in a worker
+        thread, one topic per thread): decode, then the anomaly engine (which moves only the state of
+        this topic's partitions)."""
+        decoder = self.decoders[topic]
+        batch = MessageBatch(
+            topic=topic,
+            values=[m.value() for m in messages],
+            partitions=[m.partition() for m in messages],  # type: ignore[misc]
+            offsets=[m.offset() for m in messages],  # type: ignore[misc]
+            timestamps_ms=[m.timestamp()[1] for m in messages],
+        )
+        decoded = decoder.decode(batch, now)
+        if self.engine is None:
+            return batch, decoded, None, None
+        evaluation = self.engine.evaluate(decoder.domain.name, decoded.rows, now)
+        details = dlq_details(decoded.rows, evaluation.dlq) if evaluation.dlq.height else None
+        return batch, decoded, evaluation, details
 
     @staticmethod
     def _newest_event_us(rows: pl.DataFrame) -> dict[int, int]:
@@ -289,30 +337,36 @@ class Collector:
 
     # -- anomaly engine ---------------------------------------------------------------------------
 
-    def evaluate(self, domain: Domain, rows: pl.DataFrame, messages: list[Message], now: datetime) -> pl.DataFrame:
-        """Run the anomaly engine on a decoded batch: DLQ records and alarms out now, flagged rows back."""
+    def apply_evaluation(
+        self,
+        domain: Domain,
+        evaluation: Evaluation,
+        rows: pl.DataFrame,
+        messages: list[Message],
+        batch: MessageBatch,
+        now: datetime,
+        details: pl.DataFrame | None = None,
+    ) -> pl.DataFrame:
+        """Act on the anomaly engine's verdict on a decoded batch (``rows``): DLQ records and alarms
+        out now, seed metrics updated; returns the flagged rows to store.
+
+        ``messages`` are the batch's Kafka messages, whose positions ``batch`` already holds;
+        ``details``: :func:`dlq_details` of the batch when already computed.
+        """
         assert self.engine is not None
-        evaluation = self.engine.evaluate(domain.name, rows, now)
         metrics.SEED.observe(evaluation, self.engine.config, now)
         if evaluation.dlq.height:
-            by_offset = {(m.partition(), m.offset()): m for m in messages}
-            position = ["kafka_topic", "kafka_partition", "kafka_offset"]
-            decoded = (
-                rows.join(evaluation.dlq.select(position), on=position, how="semi")
-                .sort(list(POSITION_KEY))
-                .unique(position, keep="first", maintain_order=True)
-                .select(*position, pl.col("timestamp").alias("_event"),
-                        pl.struct(pl.all()).struct.json_encode().alias("_decoded"))
-            )  # fmt: skip
-            flagged_messages: list[Message] = []
-            reasons: list[tuple[str, str, bool, str | None, str | None, datetime | None]] = []
-            for record in evaluation.dlq.join(decoded, on=position, how="left").iter_rows(named=True):
-                message = by_offset[(record["kafka_partition"], record["kafka_offset"])]
-                self.dlq.publish_one(domain, message, record["reason"], record["detail"], now)
-                metrics.FLAGGED.labels(domain.name, record["reason"]).inc()
-                flagged_messages.append(message)
-                reasons.append((record["reason"], record["detail"], bool(record["rejected"]), record["entity_id"],
-                                record["_decoded"], record["_event"]))
+            details = dlq_details(rows, evaluation.dlq) if details is None else details
+            by_offset = dict(zip(zip(batch.partitions, batch.offsets, strict=True), messages, strict=True))
+            column = {c: details.get_column(c).to_list() for c in details.columns}
+            flagged_messages = [by_offset[po] for po in zip(column["kafka_partition"], column["kafka_offset"],
+                                                             strict=True)]  # fmt: skip
+            reasons = list(zip(column["reason"], column["detail"], column["rejected"], column["entity_id"],
+                               column["_decoded"], column["_event"], strict=True))  # fmt: skip
+            for message, (reason, detail, *_rest) in zip(flagged_messages, reasons, strict=True):
+                self.dlq.publish_one(domain, message, reason, detail, now)
+            for reason, n in Counter(column["reason"]).items():
+                metrics.FLAGGED.labels(domain.name, reason).inc(n)
             self.file_dlq_rows(domain, flagged_messages, reasons, now)
         for alarm in evaluation.alarm_records() if self.publish_alarms else []:
             tp = (str(alarm["source_topic"]), int(alarm["source_partition"]))
@@ -401,25 +455,36 @@ class Collector:
         """Store buckets oldest first; on a storage failure pause consumption and back off."""
         if not buckets or not self.backoff.ready():
             return not buckets
-        for bucket in buckets:
-            if self.evicted():
-                log.warning("not storing: no poll for longer than max.poll.interval.ms, so the group may have "
-                            "given these partitions to another member; polling first",
-                            extra={"seconds_since_poll": round(time.monotonic() - self._last_poll, 1)})  # fmt: skip
-                return False
-            try:
-                self.store_bucket(bucket)
-            except TransientError as exc:
-                delay = self.backoff.failed()
-                metrics.STORAGE_FAILURES.inc()
-                metrics.STORAGE_UP.set(0)
-                self.health.storage_ok = False
-                log.warning(
-                    "storage write failed; pausing consumption and retrying",
-                    extra={"error": str(exc), "retry_in_s": round(delay, 2), "buffered_rows": self.buffer.rows},
-                )
-                self._pause()
-                return False
+        # Files are encoded ahead in the worker threads (the Parquet encoder releases the GIL) and
+        # uploaded here, one after another, oldest first. Encodings not used (a failed upload ends the
+        # flush) are cancelled or, when already running, thrown away.
+        ahead = (
+            [self.workers.submit(self.encode_bucket, b) for b in buckets]
+            if self.workers is not None and len(buckets) > 1 else []
+        )  # fmt: skip
+        try:
+            for i, bucket in enumerate(buckets):
+                if self.evicted():
+                    log.warning("not storing: no poll for longer than max.poll.interval.ms, so the group may "
+                                "have given these partitions to another member; polling first",
+                                extra={"seconds_since_poll": round(time.monotonic() - self._last_poll, 1)})  # fmt: skip
+                    return False
+                try:
+                    self.store_bucket(bucket, ahead[i].result() if ahead else None)
+                except TransientError as exc:
+                    delay = self.backoff.failed()
+                    metrics.STORAGE_FAILURES.inc()
+                    metrics.STORAGE_UP.set(0)
+                    self.health.storage_ok = False
+                    log.warning(
+                        "storage write failed; pausing consumption and retrying",
+                        extra={"error": str(exc), "retry_in_s": round(delay, 2), "buffered_rows": self.buffer.rows},
+                    )
+                    self._pause()
+                    return False
+        finally:
+            for future in ahead:
+                future.cancel()
         self.backoff.succeeded()
         metrics.STORAGE_UP.set(1)
         self.health.storage_ok = True
@@ -433,8 +498,9 @@ class Collector:
         limit = self.settings.max_poll_interval_ms / 1000
         return self.group_member and time.monotonic() - self._last_poll > limit
 
-    def store_bucket(self, bucket: Bucket) -> str:
-        """Encode, verify and upload one bucket under its position-derived name; returns the key."""
+    def encode_bucket(self, bucket: Bucket) -> EncodedBucket:
+        """A bucket's Parquet file, verified, and its position-derived name (no I/O: safe to run in a
+        worker thread while the bucket is not changed)."""
         started = time.perf_counter()
         rows = bucket.table()
         positions = (
@@ -442,11 +508,12 @@ class Collector:
             .agg(pl.col("kafka_offset").min().alias("first"), pl.col("kafka_offset").max().alias("last"))
             .sort("kafka_topic", "kafka_partition")
         )
+        position_rows = positions.to_dicts()
         manifest = {
             "domain": bucket.domain,
             "minute": bucket.minute.isoformat(),
             "writer": self.writer_id,
-            "positions": positions.to_dicts(),
+            "positions": position_rows,
         }
         domain = DOMAINS[bucket.domain]
         last_offsets = {(t, p): last for t, p, _first, last in positions.iter_rows()}
@@ -458,19 +525,26 @@ class Collector:
             data = encode_rows(rows, domain.sort_key, self.output_schema(domain), manifest)
             key = minute_key(bucket.domain, bucket.minute, suffix)
         verify(data, rows.height)
+        return EncodedBucket(rows, key, data, position_rows, started)
+
+    def store_bucket(self, bucket: Bucket, encoded: EncodedBucket | None = None) -> str:
+        """Upload one bucket (encoded by :meth:`encode_bucket` unless ``encoded``) under its
+        position-derived name and release it from the buffer; returns the key."""
+        encoded = encoded or self.encode_bucket(bucket)
+        rows, key, data = encoded.rows, encoded.key, encoded.data
         # A conditional create, never a replace: an existing object under this name holds the same
         # positions, stored by an earlier run (before a crash) or by a member that owned these partitions
         # meanwhile; and a member that lost its partitions while an upload was in flight (a zombie) cannot
         # rewrite the new owner's file when that upload finally lands.
         created = self.store.put_new(key, data)
         if not created:
-            self._check_same_positions(key, manifest["positions"])
+            self._check_same_positions(key, encoded.positions)
             metrics.FILES_ALREADY_STORED.labels(bucket.domain).inc()
         self.buffer.remove(bucket)
         if bucket.kind == DLQ:
             metrics.DLQ_ROWS_OUT.labels(bucket.domain).inc(rows.height)
         else:
-            self._stored_facts(bucket.domain, rows, len(data), time.perf_counter() - started)
+            self._stored_facts(bucket.domain, rows, len(data), time.perf_counter() - encoded.started)
         metrics.BUFFERED_BYTES.set(self.buffer.nbytes)
         metrics.BUFFERED_ROWS.set(self.buffer.rows)
         log.info("stored" if created else "already stored (kept)", extra={"key": key, "rows": rows.height,
@@ -540,8 +614,13 @@ class Collector:
             self._next_state_save = time.monotonic() + self.settings.state_checkpoint_seconds
             self.save_state(self.tracker.partitions())
 
-    def write_progress(self, partitions: set[tuple[str, int]]) -> None:
-        """Store each partition's progress (``_progress/<group>/<topic>/<p>.json``) for completeness markers."""
+    def write_progress(self, partitions: set[tuple[str, int]], final: bool = False) -> None:
+        """Store each partition's progress (``_progress/<group>/<topic>/<p>.json``) for completeness markers.
+
+        A partition with nothing read and no fetch position yet is usually about to be fetched: the
+        broker is asked for its offsets (a blocking round trip each) only when it is still so at the
+        next interval, or at the ``final`` report, and one found empty is not asked again.
+        """
         now = self.clock()
         counts = self._partition_counts_of({t for t, _ in partitions})
         for topic, partition in sorted(partitions):
@@ -551,9 +630,15 @@ class Collector:
                 low, high = self.consumer.get_watermark_offsets(tp, cached=True) or (-1, -1)
                 if committed is None and not self.tracker.consumed_any((topic, partition)):
                     committed = self.consumer.position([tp])[0].offset  # nothing read yet: where we start
-                    if committed < 0:  # no fetch position yet (e.g. an empty partition): ask the broker
+                    if committed < 0 and (topic, partition) in self._empty_at:
+                        committed = self._empty_at[(topic, partition)]
+                    elif committed < 0 and not final and (topic, partition) not in self._unfetched:
+                        self._unfetched.add((topic, partition))  # look again next interval
+                    elif committed < 0:  # no fetch position yet (e.g. an empty partition): ask the broker
                         low, high = self.consumer.get_watermark_offsets(tp, timeout=5)
                         committed = high if low == high else None
+                        if committed is not None:  # still true until something is consumed from it
+                            self._empty_at[(topic, partition)] = committed
             except KafkaException:
                 high = -1
             if committed is None or committed < 0:
@@ -653,6 +738,9 @@ class Collector:
                 if not self.flush(self.buffer.all(), reason="rebalance"):
                     time.sleep(min(1.0, max(0.0, self.backoff.next_attempt - time.monotonic())))
             self.checkpoint(final=True, asynchronous=True)
+        for tp in revoked:
+            self._empty_at.pop(tp, None)
+            self._unfetched.discard(tp)
         dropped = self.buffer.drop_partitions(revoked)
         if dropped:
             log.warning("rows of revoked partitions not stored; the new owner re-reads them", extra={"rows": dropped})
@@ -670,6 +758,9 @@ class Collector:
     def _on_lost(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         """Partitions lost without a clean revoke: another member may own them, do not commit."""
         lost = {(p.topic, p.partition) for p in partitions}
+        for tp in lost:
+            self._empty_at.pop(tp, None)
+            self._unfetched.discard(tp)
         dropped = self.buffer.drop_partitions(lost)
         self.tracker.forget(lost)
         self.event_times.forget(lost)
@@ -745,6 +836,20 @@ class Collector:
             self._retention_warned = time.monotonic()
             log.error("data not yet stored is close to the topic's retention: it will be deleted by the broker",
                       extra={"topic": worst[0], "retention_used": round(worst[1], 3)})  # fmt: skip
+
+
+def dlq_details(rows: pl.DataFrame, dlq: pl.DataFrame) -> pl.DataFrame:
+    """The engine's DLQ records (:data:`anomaly.records.DLQ_SCHEMA`) with each message's decoded
+    first row as JSON (``_decoded``) and its event time (``_event``), in the records' order."""
+    position = ["kafka_topic", "kafka_partition", "kafka_offset"]
+    decoded = (
+        rows.join(dlq.select(position), on=position, how="semi")
+        .sort(list(POSITION_KEY))
+        .unique(position, keep="first", maintain_order=True)
+        .select(*position, pl.col("timestamp").alias("_event"),
+                pl.struct(pl.all()).struct.json_encode().alias("_decoded"))
+    )  # fmt: skip
+    return dlq.join(decoded, on=position, how="left", maintain_order="left")
 
 
 def install_signal_handlers(collector: Collector) -> None:
