@@ -14,6 +14,9 @@ manifest, which the next run treats as missing and merges again (same name, over
 from __future__ import annotations
 
 import logging
+import os
+import re
+import shutil
 import tempfile
 import time
 from dataclasses import dataclass
@@ -257,6 +260,43 @@ def _check_written(period: Period, files: list[SourceFile], out: Path, outcome: 
         reader.read_row_group(reader.metadata.num_row_groups - 1)  # every column decodes
 
 
+SCRATCH_PREFIX = "fms-merge-"  # scratch folders are named <prefix><pid>-<random>
+_SCRATCH_NAME = re.compile(rf"{re.escape(SCRATCH_PREFIX)}(\d+)-.+")
+
+
+def scratch_prefix() -> str:
+    """Prefix of this process' scratch folders (its pid, so an abandoned one can be recognized)."""
+    return f"{SCRATCH_PREFIX}{os.getpid()}-"
+
+
+def _running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # another user's process
+    return True
+
+
+def remove_abandoned_scratch(root: Path | None = None) -> int:
+    """Delete scratch folders under ``root`` (default: the temp dir) left by merger processes of this
+    host that died without cleaning up (killed -9: spill files can take gigabytes); returns how many.
+
+    A folder is kept while the process named in it runs (a concurrent merge on the same host).
+    """
+    removed = 0
+    for folder in Path(root or tempfile.gettempdir()).glob(f"{SCRATCH_PREFIX}*"):
+        match = _SCRATCH_NAME.fullmatch(folder.name)
+        if match is None or not folder.is_dir() or _running(int(match[1])):
+            continue
+        shutil.rmtree(folder, ignore_errors=True)
+        removed += 1
+    if removed:
+        log.warning("removed scratch folders of merger processes that died", extra={"folders": removed})
+    return removed
+
+
 def merge_period(
     store: ObjectStore,
     dataset: Dataset,
@@ -269,7 +309,7 @@ def merge_period(
 ) -> MergeResult:
     """Merge ``sources`` into the period's file and publish it with its manifest."""
     started = time.monotonic()
-    with tempfile.TemporaryDirectory(prefix="fms-merge-", dir=scratch) as tmp:
+    with tempfile.TemporaryDirectory(prefix=scratch_prefix(), dir=scratch) as tmp:
         folder = Path(tmp)
         local: list[SourceFile] = []
         for i, key in enumerate(sources):

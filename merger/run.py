@@ -24,7 +24,7 @@ from domains import DOMAINS
 from merger.catalog import DomainCatalog, manifest_key
 from merger.complete import DomainProgress, completeness_progress, mark_complete, marker_key, withdraw
 from merger.dataset import Dataset, datasets
-from merger.merge import MergeResult, merge_period
+from merger.merge import MergeResult, merge_period, remove_abandoned_scratch
 from merger.periods import Calendar, Grain, Period, file_key, parse_name, period_of
 from merger.stats import sources_of, stats_current, stats_key, stats_manifest_key, write_stats
 from storage.base import ObjectNotFound, ObjectStore
@@ -152,6 +152,7 @@ def run(
         return report
     try:
         with lease.held():
+            remove_abandoned_scratch()
             progress = completeness_progress(store, config.group)
             for name in domains or DOMAINS:
                 merge_domain(store, name, grain, config, now, period_name, report, progress)

@@ -25,6 +25,7 @@ from pathlib import Path
 import duckdb
 
 from merger.catalog import DomainCatalog
+from merger.merge import scratch_prefix
 from merger.periods import Period, file_key
 from storage.base import ObjectNotFound, ObjectStore
 
@@ -162,7 +163,7 @@ def stats_current(store: ObjectStore, domain: str, period: Period, sources: Stat
 
 def write_stats(store: ObjectStore, domain: str, period: Period, sources: StatsSources) -> int:
     """Compute and store a period's statistics from its merged files; returns the number of stats rows."""
-    with tempfile.TemporaryDirectory(prefix="fms-stats-") as tmp:
+    with tempfile.TemporaryDirectory(prefix=scratch_prefix()) as tmp:
         local: dict[str, str | None] = {"facts": None, "dlq": None}
         for name, source in (("facts", sources.facts), ("dlq", sources.dlq)):
             if source is not None:

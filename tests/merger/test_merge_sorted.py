@@ -223,3 +223,24 @@ def test_a_spill_too_large_for_the_scratch_disk_is_compressed(tmp_path: Path, mo
     files = [SourceFile(str(p)) for p in write_minutes(tmp_path / "src", domain, rows)]
     fast, duck = both(tmp_path, Dataset.facts(domain), HOUR, files, chunk_rows=100)
     assert fast.equals(duck) and fast.height == rows.height
+
+
+def test_scratch_of_a_merger_that_died_is_removed_and_a_running_ones_kept(tmp_path: Path) -> None:
+    import os
+    import subprocess
+    import sys
+
+    from merger.merge import SCRATCH_PREFIX, remove_abandoned_scratch, scratch_prefix
+
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True,
+                          check=True)  # fmt: skip
+    abandoned = tmp_path / f"{SCRATCH_PREFIX}{int(dead.stdout)}-x1"
+    (abandoned / "spill").mkdir(parents=True)
+    (abandoned / "spill" / "part-0.arrow").write_bytes(b"\0" * 1024)
+    mine = tmp_path / f"{scratch_prefix()}x2"
+    other_running = tmp_path / f"{SCRATCH_PREFIX}{os.getppid()}-x3"
+    unrelated = tmp_path / "fms-merge-notes"
+    for folder in (mine, other_running, unrelated):
+        folder.mkdir()
+    assert remove_abandoned_scratch(tmp_path) == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(p.name for p in (mine, other_running, unrelated))
