@@ -250,19 +250,17 @@ class Collector:
                 self._on_consume_error(error)
                 continue
             by_topic.setdefault(message.topic(), []).append(message)  # type: ignore[arg-type]
-        work = [(topic, batch_messages, now) for topic, batch_messages in by_topic.items()]
-        if len(work) > 1 and self.workers is not None:
-            results = list(self.workers.map(lambda args: self.decode_and_evaluate(*args), work))
-        else:
-            results = [self.decode_and_evaluate(*args) for args in work]
-        for (topic, batch_messages, _now), (batch, decoded, evaluation, details) in zip(work, results, strict=True):
+        work = list(by_topic.items())
+        pool_map = self.workers.map if len(work) > 1 and self.workers is not None else map
+        results = list(pool_map(lambda item: self.decode_and_evaluate(item[0], item[1], now), work))
+        for (topic, batch_messages), (batch, decoded, evaluation, details) in zip(work, results, strict=True):
             domain = self.decoders[topic].domain
             metrics.SEED.observe_rejects(domain.name, decoded.rejected)
             rows = decoded.rows
             self.dlq.publish(domain, batch_messages, decoded.rejected, now)
             self.file_rejected(domain, batch_messages, decoded.rejected, now)
             if evaluation is not None:
-                rows = self.apply_evaluation(domain, evaluation, rows, batch_messages, batch, now, details)
+                rows = self.apply_evaluation(domain, evaluation, batch_messages, batch, now, details)
             if self.settings.write_files:
                 self.buffer.add(domain.name, rows)
             spans: dict[int, list[int]] = {}  # partition -> [first offset, last offset, oldest Kafka time ms]
@@ -341,22 +339,20 @@ class Collector:
         self,
         domain: Domain,
         evaluation: Evaluation,
-        rows: pl.DataFrame,
         messages: list[Message],
         batch: MessageBatch,
         now: datetime,
-        details: pl.DataFrame | None = None,
+        details: pl.DataFrame | None,
     ) -> pl.DataFrame:
-        """Act on the anomaly engine's verdict on a decoded batch (``rows``): DLQ records and alarms
-        out now, seed metrics updated; returns the flagged rows to store.
+        """Act on the anomaly engine's verdict on a decoded batch: DLQ records and alarms out now, seed
+        metrics updated; returns the flagged rows to store.
 
         ``messages`` are the batch's Kafka messages, whose positions ``batch`` already holds;
-        ``details``: :func:`dlq_details` of the batch when already computed.
+        ``details``: :func:`dlq_details` of its DLQ records (None when it has none).
         """
         assert self.engine is not None
         metrics.SEED.observe(evaluation, self.engine.config, now)
-        if evaluation.dlq.height:
-            details = dlq_details(rows, evaluation.dlq) if details is None else details
+        if details is not None:
             by_offset = dict(zip(zip(batch.partitions, batch.offsets, strict=True), messages, strict=True))
             column = {c: details.get_column(c).to_list() for c in details.columns}
             flagged_messages = [by_offset[po] for po in zip(column["kafka_partition"], column["kafka_offset"],
@@ -738,9 +734,7 @@ class Collector:
                 if not self.flush(self.buffer.all(), reason="rebalance"):
                     time.sleep(min(1.0, max(0.0, self.backoff.next_attempt - time.monotonic())))
             self.checkpoint(final=True, asynchronous=True)
-        for tp in revoked:
-            self._empty_at.pop(tp, None)
-            self._unfetched.discard(tp)
+        self._forget_fetch_state(revoked)
         dropped = self.buffer.drop_partitions(revoked)
         if dropped:
             log.warning("rows of revoked partitions not stored; the new owner re-reads them", extra={"rows": dropped})
@@ -755,12 +749,16 @@ class Collector:
         if not self.stopping.is_set():
             metrics.ASSIGNED_PARTITIONS.set(max(0, len(consumer.assignment()) - len(partitions)))
 
+    def _forget_fetch_state(self, partitions: set[tuple[str, int]]) -> None:
+        """Forget what progress reports learnt about partitions this member no longer holds."""
+        for tp in partitions:
+            self._empty_at.pop(tp, None)
+            self._unfetched.discard(tp)
+
     def _on_lost(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         """Partitions lost without a clean revoke: another member may own them, do not commit."""
         lost = {(p.topic, p.partition) for p in partitions}
-        for tp in lost:
-            self._empty_at.pop(tp, None)
-            self._unfetched.discard(tp)
+        self._forget_fetch_state(lost)
         dropped = self.buffer.drop_partitions(lost)
         self.tracker.forget(lost)
         self.event_times.forget(lost)

@@ -269,14 +269,15 @@ def scratch_prefix() -> str:
     return f"{SCRATCH_PREFIX}{os.getpid()}-"
 
 
-def _running(pid: int) -> bool:
+def process_gone(pid: int) -> bool:
+    """Whether no process ``pid`` exists on this host (one we may not signal still exists)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
+        return True
+    except OSError:
         return False
-    except PermissionError:
-        return True  # another user's process
-    return True
+    return False
 
 
 def remove_abandoned_scratch(root: Path | None = None) -> int:
@@ -288,7 +289,7 @@ def remove_abandoned_scratch(root: Path | None = None) -> int:
     removed = 0
     for folder in Path(root or tempfile.gettempdir()).glob(f"{SCRATCH_PREFIX}*"):
         match = _SCRATCH_NAME.fullmatch(folder.name)
-        if match is None or not folder.is_dir() or _running(int(match[1])):
+        if match is None or not folder.is_dir() or not process_gone(int(match[1])):
             continue
         shutil.rmtree(folder, ignore_errors=True)
         removed += 1

@@ -24,7 +24,7 @@ from domains import DOMAINS
 from merger.catalog import DomainCatalog, manifest_key
 from merger.complete import DomainProgress, completeness_progress, mark_complete, marker_key, withdraw
 from merger.dataset import Dataset, datasets
-from merger.merge import MergeResult, merge_period, remove_abandoned_scratch
+from merger.merge import MergeResult, merge_period, process_gone, remove_abandoned_scratch
 from merger.periods import Calendar, Grain, Period, file_key, parse_name, period_of
 from merger.stats import sources_of, stats_current, stats_key, stats_manifest_key, write_stats
 from storage.base import ObjectNotFound, ObjectStore
@@ -80,12 +80,10 @@ class Lease:
         if current.get("host") != self.host:
             return False
         try:
-            os.kill(int(current.get("pid", 0)), 0)  # type: ignore[call-overload]
-        except ProcessLookupError:
-            return True
-        except (OSError, ValueError):
+            pid = int(current.get("pid", 0))  # type: ignore[call-overload]
+        except ValueError:
             return False
-        return False
+        return process_gone(pid)
 
     def acquire(self, now: float | None = None) -> bool:
         """Take the lease unless another live owner holds it."""
