@@ -175,6 +175,7 @@ class CollectorSettings(BaseModel):
     max_buffer_bytes: int = Field(default=256 * 1024 * 1024, ge=1024 * 1024)
     batch_size: int = Field(default=20000, ge=1, le=1_000_000)
     worker_threads: int = Field(default=2, ge=1, le=64)  # topics of a batch decoded and evaluated at once
+    batch_wait_seconds: float = Field(default=0.1, ge=0, le=10)  # after a batch's first message
     poll_timeout_seconds: float = Field(default=0.2, gt=0, le=10)
     commit_interval_seconds: float = Field(default=5.0, gt=0, le=300)
     shutdown_timeout_seconds: float = Field(default=60.0, gt=0, le=3600)

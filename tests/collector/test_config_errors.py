@@ -47,6 +47,7 @@ def run_collector(env: dict[str, str], tmp_path: Path) -> subprocess.CompletedPr
         ({"KAFKA_BROKERS": "127.0.0.1:9", "FLUSH_GRACE_SECONDS": "-1"}, "FLUSH_GRACE_SECONDS"),
         ({"KAFKA_BROKERS": "127.0.0.1:9", "WIRE_FORMATS": "iot.robot_status=xml"}, "WIRE_FORMATS"),
         ({"KAFKA_BROKERS": "127.0.0.1:9", "WORKER_THREADS": "0"}, "WORKER_THREADS"),
+        ({"KAFKA_BROKERS": "127.0.0.1:9", "BATCH_WAIT_SECONDS": "-1"}, "BATCH_WAIT_SECONDS"),
     ],
 )
 def test_bad_configuration_exits_with_one_line_naming_the_variable(
