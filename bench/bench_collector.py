@@ -9,7 +9,7 @@ the past so every minute is due at once):
   every row is stored in minute files and the buffer is empty; its peak RSS (VmHWM) is printed.
 
 Run: ``python -m bench.bench_collector [--messages 100000] [--broker tansu|mock]``.
-``mock`` is librdkafka's in-process mock cluster (no CreateTopics, but a faster consumer than Tansu).
+See :mod:`bench.brokers` for the two brokers.
 """
 
 from __future__ import annotations
@@ -27,10 +27,10 @@ from pathlib import Path
 
 from confluent_kafka import Consumer, Producer, TopicPartition
 
+from bench.brokers import BROKERS, bench_broker, partition_count
 from collector.http import scrape_totals
-from collector.topics import create_topics
 from domains import DOMAINS
-from embedded.servers import TansuBroker, free_port
+from embedded.servers import free_port
 from trafficgen import TrafficGenerator
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -67,8 +67,9 @@ def bare_consume(bootstrap: str, n: int, group: bool) -> float:
         consumer.subscribe([d.topic.name for d in DOMAINS.values()])
     else:
         consumer.assign([
-            TopicPartition(d.topic.name, p, 0) for d in DOMAINS.values() for p in range(d.topic.partitions)
-        ])
+            TopicPartition(d.topic.name, p, 0) for d in DOMAINS.values()
+            for p in range(partition_count(bootstrap, d.topic.name))
+        ])  # fmt: skip
     got, started, total_bytes = 0, None, 0
     deadline = time.monotonic() + 300
     while got < n and time.monotonic() < deadline:
@@ -115,34 +116,23 @@ def run_collector(bootstrap: str, n: int, data_dir: Path, engine: bool) -> tuple
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--messages", type=int, default=100_000)
-    parser.add_argument("--broker", choices=("tansu", "mock"), default="tansu")
+    parser.add_argument("--broker", choices=BROKERS, default="tansu")
     parser.add_argument("--formats", default="avro,json,avro-confluent", help="wire formats, mixed per message")
     args = parser.parse_args()
     os.environ.setdefault("RUST_BACKTRACE", "0")
     data_dir = Path(tempfile.mkdtemp(prefix="bench-collector-"))
-    mock_owner = None
-    broker = None
     try:
-        if args.broker == "tansu":
-            broker = TansuBroker().start()
-            bootstrap = broker.bootstrap
-            create_topics(bootstrap)
-        else:
-            mock_owner = Producer({"test.mock.num.brokers": 1})
-            b = mock_owner.list_topics(timeout=10).brokers
-            bootstrap = next(f"{x.host}:{x.port}" for x in b.values())
-        rows = _produce(bootstrap, args.messages, tuple(args.formats.split(",")))
-        bare_assigned = bare_consume(bootstrap, args.messages, group=False)
-        bare = bare_consume(bootstrap, args.messages, group=True)
-        from anomaly import upload_samples
-        from storage.local import LocalStore
+        with bench_broker(args.broker) as bootstrap:
+            rows = _produce(bootstrap, args.messages, tuple(args.formats.split(",")))
+            bare_assigned = bare_consume(bootstrap, args.messages, group=False)
+            bare = bare_consume(bootstrap, args.messages, group=True)
+            from anomaly import upload_samples
+            from storage.local import LocalStore
 
-        upload_samples(LocalStore(data_dir, "fms-data"))
-        through, peak = run_collector(bootstrap, args.messages, data_dir, engine=False)
-        through_engine, peak_engine = run_collector(bootstrap, args.messages, data_dir, engine=True)
+            upload_samples(LocalStore(data_dir, "fms-data"))
+            through, peak = run_collector(bootstrap, args.messages, data_dir, engine=False)
+            through_engine, peak_engine = run_collector(bootstrap, args.messages, data_dir, engine=True)
     finally:
-        if broker:
-            broker.stop()
         shutil.rmtree(data_dir, ignore_errors=True)
     print(f"end-to-end benchmark: {args.messages:,} messages ({rows:,} rows, {args.formats}) on {args.broker}")
     print(f"{'path':<34}{'msg/s':>10}{'vs bare':>10}")
