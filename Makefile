@@ -32,7 +32,8 @@ lint: $(STAMP)
 bench: $(STAMP)
 	$(PY) -m bench.bench_decode --batch 20000
 	$(PY) -m bench.bench_collector
-	$(PY) -m bench.bench_alarms --rate 3000
+	$(PY) -m bench.bench_alarms --rate 3000 --broker mock
+	$(PY) -m bench.bench_alarms --rate 3000 --broker tansu
 	$(PY) -m bench.bench_merger
 	$(PY) -m bench.bench_backfill
 
