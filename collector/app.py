@@ -106,6 +106,7 @@ class Collector:
         # that offset without asking the broker again (a blocking round trip per partition).
         self._empty_at: dict[tuple[str, int], int] = {}
         self._unfetched: set[tuple[str, int]] = set()  # nothing read, no position at the last progress report
+        self._taken_away: set[tuple[str, int]] = set()  # revoked or lost while a batch was being taken
         self._next_partition_counts = 0.0
         self.health = HealthState(stall_seconds=max(60.0, settings.shutdown_timeout_seconds))
         self.backoff = Backoff()
@@ -222,13 +223,21 @@ class Collector:
         come, idle traffic or not. Here the wait starts at the first message: under live traffic a
         message waits at most the batch wait, and the fixed cost of processing a batch (per domain,
         whatever its size) is shared by what arrived meanwhile, which keeps the CPU per message low.
+
+        A rebalance served during the second call may take the first message's partition away
+        (librdkafka drops only the messages it still holds); that message is then left to the new
+        owner, as the buffered rows of the partition are.
         """
         first = self.consumer.poll(self.settings.poll_timeout_seconds)
         if first is None:
             return []
         if self.settings.batch_size == 1:
             return [first]
-        return [first, *self.consumer.consume(self.settings.batch_size - 1, self.settings.batch_wait_seconds)]
+        self._taken_away.clear()
+        rest = self.consumer.consume(self.settings.batch_size - 1, self.settings.batch_wait_seconds)
+        if (first.topic(), first.partition()) in self._taken_away:
+            return rest
+        return [first, *rest]
 
     def shutdown(self) -> None:
         """Flush every bucket and commit; retries storage until the shutdown deadline."""
@@ -737,6 +746,7 @@ class Collector:
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         """Before letting partitions go: store what is buffered and commit it."""
         revoked = {(p.topic, p.partition) for p in partitions}
+        self._taken_away |= revoked
         log.info("partitions revoked", extra={"partitions": sorted(f"{t}[{p}]" for t, p in revoked)})
         # While stopping, shutdown() has already stored, committed and reported everything; this runs
         # inside consumer.close(), where further consumer calls can abort the process (librdkafka
@@ -774,6 +784,7 @@ class Collector:
     def _on_lost(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         """Partitions lost without a clean revoke: another member may own them, do not commit."""
         lost = {(p.topic, p.partition) for p in partitions}
+        self._taken_away |= lost
         self._forget_fetch_state(lost)
         dropped = self.buffer.drop_partitions(lost)
         self.tracker.forget(lost)
