@@ -46,19 +46,23 @@ def _ready(port: int) -> bool:
         return False
 
 
+def _quantile(ordered: list[float], q: float) -> float:
+    """The ``q`` quantile of sorted, non-empty ``ordered`` (nearest rank)."""
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
 def _percentiles(values: list[float]) -> str:
     ordered = sorted(values)
     if not ordered:
         return f"{'-':>8}" * 4
-    cells = [ordered[min(len(ordered) - 1, int(q * len(ordered)))] for q in (0.5, 0.9, 0.99)] + [ordered[-1]]
-    return "".join(f"{cell:>8.2f}" for cell in cells)
+    return "".join(f"{_quantile(ordered, q):>8.2f}" for q in (0.5, 0.9, 0.99, 1.0))
 
 
 def _median_p99(values: list[float]) -> str:
     ordered = sorted(values)
     if not ordered:
         return f"{'-':>15}"
-    return f"{ordered[len(ordered) // 2]:>6.2f} / {ordered[int(0.99 * (len(ordered) - 1))]:<6.2f}"
+    return f"{_quantile(ordered, 0.5):>6.2f} / {_quantile(ordered, 0.99):<6.2f}"
 
 
 def _cpu_seconds(pid: int) -> float:
