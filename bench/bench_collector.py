@@ -6,7 +6,7 @@ the past so every minute is due at once):
 - ``bare consume``: one confluent-kafka consumer assigned to every partition, reading all messages
   and touching each value (the broker ceiling for one consumer);
 - ``collector``: ``python -m collector`` as a subprocess, from its first consumed message until
-  every row is stored in minute files and the buffer is empty; its peak RSS (VmHWM) is printed.
+  every row is stored in minute files (the newest file's mtime); its peak RSS (VmHWM) is printed.
 
 Run: ``python -m bench.bench_collector [--messages 100000] [--broker tansu|mock]``.
 See :mod:`bench.brokers` for the two brokers.
@@ -84,7 +84,13 @@ def bare_consume(bootstrap: str, n: int, group: bool) -> float:
 
 
 def run_collector(bootstrap: str, n: int, data_dir: Path, engine: bool) -> tuple[float, int]:
-    """Messages/s through the collector (anomaly engine on or off) and its peak RSS in bytes."""
+    """Messages/s through the collector (anomaly engine on or off) and its peak RSS in bytes.
+
+    Timed from its first consumed message (its metrics, scraped every 50 ms until then) to the
+    newest Parquet file it stored (the file's mtime). Once messages flow, the metrics are scraped only
+    twice a second to see when it is done: each scrape renders every metric series in the collector's
+    process, which at 20 scrapes a second took ~10 % of its time (more with the engine's series).
+    """
     port = free_port()
     env = {
         **os.environ, "PYTHONPATH": str(ROOT), "KAFKA_BROKERS": bootstrap, "STORAGE_BACKEND": "local",
@@ -99,12 +105,13 @@ def run_collector(bootstrap: str, n: int, data_dir: Path, engine: bool) -> tuple
         while time.monotonic() < deadline:
             m = scrape_totals(port)
             if started is None and m.get("fms_messages_consumed_total", 0) > 0:
-                started = time.perf_counter()
+                started = time.time()
             done = m.get("fms_messages_consumed_total", 0) >= n and m.get("fms_files_written_total", 0) > 0
             if done and m.get("fms_buffered_rows", 1) == 0:
                 break
-            time.sleep(0.05)
-        elapsed = time.perf_counter() - (started or time.perf_counter())
+            time.sleep(0.05 if started is None else 0.5)
+        stored = [path.stat().st_mtime for path in data_dir.rglob("*.parquet")]
+        elapsed = max((t for t in stored if started and t >= started), default=0.0) - (started or 0.0)
         status = Path(f"/proc/{proc.pid}/status").read_text()
         peak = int(re.search(r"VmHWM:\s+(\d+) kB", status)[1]) * 1024  # type: ignore[index]
     finally:
