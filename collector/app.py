@@ -285,7 +285,7 @@ class Collector:
             self.dlq.publish(domain, batch_messages, decoded.rejected, now)
             self.file_rejected(domain, batch_messages, decoded.rejected, now)
             if evaluation is not None:
-                rows = self.apply_evaluation(domain, evaluation, batch_messages, batch, now, details)
+                rows = self.apply_evaluation(domain, evaluation, batch_messages, now, details)
             if self.settings.write_files:
                 self.buffer.add(domain.name, rows)
             spans: dict[int, list[int]] = {}  # partition -> [first offset, last offset, oldest Kafka time ms]
@@ -325,7 +325,7 @@ class Collector:
         if self.engine is None:
             return batch, decoded, None, None
         evaluation = self.engine.evaluate(decoder.domain.name, decoded.rows, now)
-        details = dlq_details(decoded.rows, evaluation.dlq) if evaluation.dlq.height else None
+        details = dlq_details(decoded.rows, evaluation.dlq, batch) if evaluation.dlq.height else None
         return batch, decoded, evaluation, details
 
     @staticmethod
@@ -348,7 +348,7 @@ class Collector:
         self,
         domain: Domain,
         messages: list[Message],
-        reasons: list[tuple[str, str, bool, str | None, str | None, datetime | None]],
+        reasons: list[tuple[str, str, bool, str | None, str | None, int | None]],
         now: datetime,
     ) -> None:
         """Buffer DLQ rows; like fact rows they hold back their offsets until their file is stored."""
@@ -365,23 +365,20 @@ class Collector:
         domain: Domain,
         evaluation: Evaluation,
         messages: list[Message],
-        batch: MessageBatch,
         now: datetime,
         details: pl.DataFrame | None,
     ) -> pl.DataFrame:
         """Act on the anomaly engine's verdict on a decoded batch: DLQ records and alarms out now, seed
         metrics updated; returns the flagged rows to store.
 
-        ``messages`` are the batch's Kafka messages, whose positions ``batch`` already holds;
-        ``details``: :func:`dlq_details` of its DLQ records (None when it has none).
+        ``messages`` are the batch's Kafka messages; ``details``: :func:`dlq_details` of its DLQ
+        records (None when it has none).
         """
         assert self.engine is not None
         metrics.SEED.observe(evaluation, self.engine.config, now)
         if details is not None:
-            by_offset = dict(zip(zip(batch.partitions, batch.offsets, strict=True), messages, strict=True))
             column = {c: details.get_column(c).to_list() for c in details.columns}
-            flagged_messages = [by_offset[po] for po in zip(column["kafka_partition"], column["kafka_offset"],
-                                                             strict=True)]  # fmt: skip
+            flagged_messages = [messages[i] for i in column["_message"]]
             reasons = list(zip(column["reason"], column["detail"], column["rejected"], column["entity_id"],
                                column["_decoded"], column["_event"], strict=True))  # fmt: skip
             for message, (reason, detail, *_rest) in zip(flagged_messages, reasons, strict=True):
@@ -863,18 +860,25 @@ class Collector:
                       extra={"topic": worst[0], "retention_used": round(worst[1], 3)})  # fmt: skip
 
 
-def dlq_details(rows: pl.DataFrame, dlq: pl.DataFrame) -> pl.DataFrame:
-    """The engine's DLQ records (:data:`anomaly.records.DLQ_SCHEMA`) with each message's decoded
-    first row as JSON (``_decoded``) and its event time (``_event``), in the records' order."""
+def dlq_details(rows: pl.DataFrame, dlq: pl.DataFrame, batch: MessageBatch) -> pl.DataFrame:
+    """The engine's DLQ records (:data:`anomaly.records.DLQ_SCHEMA`) of a batch, in their order, with
+    each message's index in ``batch`` (``_message``), its decoded first row as JSON (``_decoded``) and
+    its event time in epoch µs (``_event``)."""
     position = ["kafka_topic", "kafka_partition", "kafka_offset"]
     decoded = (
         rows.join(dlq.select(position), on=position, how="semi")
         .sort(list(POSITION_KEY))
         .unique(position, keep="first", maintain_order=True)
-        .select(*position, pl.col("timestamp").alias("_event"),
+        .select(*position, pl.col("timestamp").dt.epoch("us").alias("_event"),
                 pl.struct(pl.all()).struct.json_encode().alias("_decoded"))
     )  # fmt: skip
-    return dlq.join(decoded, on=position, how="left", maintain_order="left")
+    index = pl.DataFrame(
+        {"kafka_partition": batch.partitions, "kafka_offset": batch.offsets},
+        schema={"kafka_partition": pl.Int32, "kafka_offset": pl.Int64},
+    ).with_row_index("_message")
+    return dlq.join(decoded, on=position, how="left", maintain_order="left").join(
+        index, on=["kafka_partition", "kafka_offset"], how="left", maintain_order="left"
+    )
 
 
 def install_signal_handlers(collector: Collector) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import operator
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from functools import cached_property, reduce
 from typing import Any
 
@@ -29,6 +30,13 @@ UNIT_VIOLATION = "unit_violation"
 UNIT_MISMATCH = "unit_mismatch"
 
 UTC_MICROS = pl.Datetime("us", "UTC")
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+def epoch_micros(at: datetime) -> int:
+    """Microseconds since the epoch of ``at`` (naive: UTC), exactly; a literal of it needs no Series."""
+    return ((at if at.tzinfo else at.replace(tzinfo=UTC)) - _EPOCH) // timedelta(microseconds=1)
+
 
 # Start of the detail of a message rejected because it carries personal data (a raw IP address):
 # such a message is never stored, not even as a DLQ row (only its reason and position are).

@@ -26,7 +26,7 @@ import operator
 import struct
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import datetime
 from typing import Any
 
 import fastavro
@@ -37,7 +37,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from domains import avro
-from domains.base import POSITION_KEY, SCHEMA_ERROR, UTC_MICROS, Domain
+from domains.base import POSITION_KEY, SCHEMA_ERROR, UTC_MICROS, Domain, epoch_micros
 from domains.registry import SchemaResolver
 
 _ROW = "_row"
@@ -639,7 +639,7 @@ def _typed_rows(
     ]
     per_batch = {
         "kafka_topic": pl.lit(batch.topic, pl.String).alias("kafka_topic"),
-        "collected_at": pl.lit(_epoch_micros(collected_at), pl.Int64).cast(UTC_MICROS).alias("collected_at"),
+        "collected_at": pl.lit(epoch_micros(collected_at), pl.Int64).cast(UTC_MICROS).alias("collected_at"),
     }
     columns = [per_batch[c] if e is None else e for c, e in plan.columns]
     bad = pl.any_horizontal([fails for _, fails, _ in rules]) if rules else pl.lit(False)
@@ -660,14 +660,6 @@ def _typed_rows(
         rejected += [Rejected(int(row), reason, str(text)) for row, text in hits.iter_rows()]
     kept = frame.filter(~pl.col(_ROW).is_in(ranked_rows.get_column(_ROW).implode()))
     return _without_last(kept, 2), rejected
-
-
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-
-
-def _epoch_micros(at: datetime) -> int:
-    """Microseconds since the epoch of ``at`` (naive: UTC); a literal of it needs no Series."""
-    return ((at if at.tzinfo else at.replace(tzinfo=UTC)) - _EPOCH) // timedelta(microseconds=1)
 
 
 def _without_last(frame: pl.DataFrame, count: int) -> pl.DataFrame:
