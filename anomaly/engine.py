@@ -179,36 +179,41 @@ class AnomalyEngine:
     # -- stateful alarms ------------------------------------------------------------------------
 
     def _consecutive(self, spec: Consecutive, rows: pl.DataFrame) -> pl.DataFrame:
-        """Add ``_run`` (consecutive exceedances up to and including the row) and update the counters."""
+        """Add ``_run`` (consecutive exceedances up to and including the row) and update the counters.
+
+        Rows are put in key order (stable: Kafka order within a key), where a row's run is its distance
+        to the last row of its key that did not exceed, plus the stored run when none did in this batch.
+        """
         group = ["kafka_topic", "kafka_partition", "_ckey"]
-        rows = rows.with_columns(_ckey=spec.key, _exc=spec.exceeds.fill_null(False))
-        keys = rows.select(group).unique(maintain_order=True)
-        carry = pl.DataFrame(
-            {
-                "kafka_topic": keys["kafka_topic"],
-                "kafka_partition": keys["kafka_partition"],
-                "_ckey": keys["_ckey"],
-                "_carry": [self.state.partition(t, p).runs.get(k, 0) for t, p, k in keys.iter_rows()],
-            },
-            schema={"kafka_topic": pl.String, "kafka_partition": pl.Int32, "_ckey": pl.String, "_carry": pl.Int64},
-        )
-        brk = (~pl.col("_exc")).cast(pl.Int64).cum_sum().over(group)
-        rows = rows.join(carry, on=group, how="left").with_columns(_brk=brk)
-        within = pl.col("_exc").cast(pl.Int64).cum_sum().over([*group, "_brk"])
-        rows = rows.with_columns(
-            pl.when(pl.col("_exc"))
-            .then(within + pl.when(pl.col("_brk") == 0).then(pl.col("_carry")).otherwise(0))
+        ordered = (
+            rows.select(pl.int_range(pl.len(), dtype=pl.UInt32).alias("_pos"), *group[:2], spec.key.alias("_ckey"),
+                        spec.exceeds.fill_null(False).alias("_exc"))
+            .sort(group, maintain_order=True)
+            .with_columns(_new=pl.any_horizontal(pl.int_range(pl.len()) == 0,
+                                                 *(pl.col(c).ne_missing(pl.col(c).shift()) for c in group)))
+        )  # fmt: skip
+        keys = ordered.filter("_new").select(group)
+        carry = [self.state.partition(t, p).runs.get(k, 0) for t, p, k in keys.iter_rows()]
+        idx, exceeds, new = pl.int_range(pl.len(), dtype=pl.Int64), pl.col("_exc"), pl.col("_new")
+        # The last row at or before this one that did not exceed; the one before its key's first if none did.
+        last_break = pl.when(~exceeds).then(idx).when(new).then(idx - 1).otherwise(None).forward_fill()
+        first = pl.when(new).then(idx).otherwise(None).forward_fill()
+        carried = pl.lit(pl.Series(carry, dtype=pl.Int64)).gather(new.cast(pl.Int64).cum_sum() - 1)
+        ordered = ordered.with_columns(
+            pl.when(exceeds)
+            .then(idx - last_break + pl.when(last_break == first - 1).then(carried).otherwise(0))
             .otherwise(0)
             .alias(RUN)
         )
-        last = rows.group_by(group, maintain_order=True).agg(pl.col(RUN).last())
+        last = ordered.filter(new.shift(-1).fill_null(True)).select(*group, RUN)  # each key's last row
         for topic, partition, key, run in last.iter_rows():
             runs = self.state.partition(topic, partition).runs
             if run:
                 runs[key] = int(run)
             else:
                 runs.pop(key, None)
-        return rows
+        run = pl.zeros(rows.height, pl.Int64, eager=True).scatter(ordered.get_column("_pos"), ordered.get_column(RUN))
+        return rows.with_columns(run.alias(RUN))
 
     def _alarms(self, domain_name: str, rules: RuleSet, rows: pl.DataFrame, now: datetime) -> pl.DataFrame:
         spec = rules.alarm(self.config)
