@@ -156,14 +156,26 @@ class SeenKeys:
         recent = self._ends[-1] - 1
         settled = {i for i in map(self._find, self._dirty) if i is not None and self._ends[i] < recent}
         self._dirty = {b for b in self._dirty if b >= recent}
-        for i in sorted(settled, reverse=True):  # merging i into i - 1 leaves the lower indexes as they are
-            frame = self._frames[i]
-            if i > 0 and self._frames[i - 1].height + frame.height <= TARGET_ROWS:
-                self._frames[i - 1] = pl.concat([self._frames[i - 1], frame], rechunk=True)
-                self._ends[i - 1] = self._ends[i]
-                del self._starts[i], self._ends[i], self._frames[i]
-            elif frame.n_chunks() > 1:
-                self._frames[i] = frame.rechunk()
+        # From the newest settled segment down, each merges into the one before it while both fit in
+        # TARGET_ROWS; a chain of merges is planned on heights first and then made with one concat.
+        members: dict[int, list[int]] = {}  # segment -> the segments it ends up holding, in order
+        heights = {i: self._frames[i].height for i in settled}
+        for i in sorted(settled, reverse=True):
+            held = members.pop(i, [i])
+            if i > 0 and heights.get(i - 1, self._frames[i - 1].height) + heights[i] <= TARGET_ROWS:
+                members[i - 1] = [*members.get(i - 1, [i - 1]), *held]
+                heights[i - 1] = heights.get(i - 1, self._frames[i - 1].height) + heights[i]
+            else:
+                members[i] = held
+        for i in sorted(members, reverse=True):  # changing i leaves the lower indexes as they are
+            held = members[i]
+            if len(held) > 1:
+                self._frames[i] = pl.concat([self._frames[j] for j in held], rechunk=True)
+                self._ends[i] = self._ends[held[-1]]
+                del self._starts[i + 1 : held[-1] + 1], self._ends[i + 1 : held[-1] + 1]
+                del self._frames[i + 1 : held[-1] + 1]
+            elif i in settled and self._frames[i].n_chunks() > 1:
+                self._frames[i] = self._frames[i].rechunk()
 
     def _find(self, bucket: int) -> int | None:
         """Index of the segment holding ``bucket``, if any."""
