@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import gc
 import logging
 import os
 import sys
@@ -47,6 +48,7 @@ def main(argv: list[str] | None = None, role: str = "collector") -> int:
         print(f"{role}: cannot start: {exc}", file=sys.stderr)
         return 1
     install_signal_handlers(collector)
+    gc.freeze()  # what start-up made lives as long as the process: keep it out of every full collection
     try:
         collector.run()
     except FatalError as exc:

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+import orjson
 from confluent_kafka import KafkaError, KafkaException, Message, Producer
 
 from collector import metrics
@@ -42,8 +43,8 @@ class DlqRecord:
     reason: str
     detail: str
 
-    def headers(self, detected_at: datetime) -> list[tuple[str, str | bytes | None]]:
-        """Kafka headers describing why and where from."""
+    def headers(self, detected_at: bytes) -> list[tuple[str, str | bytes | None]]:
+        """Kafka headers describing why and where from (``detected_at``: ISO-8601, encoded)."""
         return [
             ("dlq.reason", self.reason.encode()),
             ("dlq.detail", self.detail.encode("utf-8", "replace")[:2000]),
@@ -52,7 +53,7 @@ class DlqRecord:
             ("dlq.source.partition", str(self.source.partition()).encode()),
             ("dlq.source.offset", str(self.source.offset()).encode()),
             ("dlq.source.timestamp", str(self.source.timestamp()[1]).encode()),
-            ("dlq.detected_at", detected_at.isoformat().encode()),
+            ("dlq.detected_at", detected_at),
         ]
 
 
@@ -73,6 +74,7 @@ class DlqPublisher:
         self._throttled = ThrottledLog(log)
         self._replace_producer = False
         self.producers_created = 1
+        self._detected: tuple[datetime | None, bytes] = (None, b"")  # the last detection time, encoded
 
     def _on_error(self, error: KafkaError) -> None:
         """The producer's error callback: a fatal error retires it; others are logged, throttled."""
@@ -102,7 +104,7 @@ class DlqPublisher:
 
     def publish_alarm(self, alarm: dict[str, object], tp: tuple[str, int] | None, offset: int | None) -> None:
         """Produce an alarm (JSON, keyed by entity) to ``iot.alarm_log``; held against its source offset."""
-        value = json.dumps(alarm, default=str, sort_keys=True).encode()
+        value = orjson.dumps(alarm, default=str, option=orjson.OPT_SORT_KEYS)
         key = str(alarm.get("entity_id", "")).encode()
         if tp is not None and offset is not None:
             self._tracker.dlq_sent(tp, offset)
@@ -146,7 +148,9 @@ class DlqPublisher:
         offset = record.source.offset() or 0
         self._tracker.dlq_sent(tp, offset)
         value = record.source.value()
-        headers = record.headers(detected_at)
+        if self._detected[0] != detected_at:  # one time for a whole batch: encode it once
+            self._detected = (detected_at, detected_at.isoformat().encode())
+        headers = record.headers(self._detected[1])
         if stand_in:
             headers += [("dlq.value.dropped", b"too large for the DLQ topic"),
                         ("dlq.value.size", str(len(value or b"")).encode()),

@@ -23,7 +23,10 @@ class OffsetTracker:
 
     def dlq_sent(self, tp: TopicPartition, offset: int) -> None:
         """A DLQ record for the message at ``offset`` is in flight."""
-        self._dlq_pending.setdefault(tp, Counter())[offset] += 1
+        pending = self._dlq_pending.get(tp)
+        if pending is None:
+            pending = self._dlq_pending[tp] = Counter()
+        pending[offset] += 1
 
     def dlq_acknowledged(self, tp: TopicPartition, offset: int) -> None:
         """The broker acknowledged the DLQ record for ``offset``."""
