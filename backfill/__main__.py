@@ -9,6 +9,7 @@ REALTIME_GROUP_ID (default ``fms-realtime-collector``) names the group whose pos
 from __future__ import annotations
 
 import argparse
+import gc
 import os
 import sys
 from datetime import UTC, datetime
@@ -77,6 +78,7 @@ def main(argv: list[str] | None = None) -> int:
         from collector.app import install_signal_handlers
 
         install_signal_handlers(job)
+        gc.freeze()  # start-up objects live as long as the job: keep them out of every full collection
         job.run()
     finally:
         lease.release()
