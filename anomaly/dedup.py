@@ -162,9 +162,10 @@ class SeenKeys:
         heights = {i: self._frames[i].height for i in settled}
         for i in sorted(settled, reverse=True):
             held = members.pop(i, [i])
-            if i > 0 and heights.get(i - 1, self._frames[i - 1].height) + heights[i] <= TARGET_ROWS:
+            together = heights.get(i - 1, self._frames[i - 1].height) + heights[i] if i > 0 else TARGET_ROWS + 1
+            if together <= TARGET_ROWS:
                 members[i - 1] = [*members.get(i - 1, [i - 1]), *held]
-                heights[i - 1] = heights.get(i - 1, self._frames[i - 1].height) + heights[i]
+                heights[i - 1] = together
             else:
                 members[i] = held
         for i in sorted(members, reverse=True):  # changing i leaves the lower indexes as they are
