@@ -295,14 +295,14 @@ class Backfill(Collector):
             print("backfill summary: " + json.dumps(summary), flush=True)
 
 
-def _total(counter: metrics.Counter) -> float:
-    return sum(s.value for m in counter.collect() for s in m.samples if s.name.endswith("_total"))
+def _total(counter: metrics.Counter) -> int:
+    return int(sum(s.value for m in counter.collect() for s in m.samples if s.name.endswith("_total")))
 
 
-def _by_label(counter: metrics.Counter, label: str) -> dict[str, float]:
-    out: dict[str, float] = {}
+def _by_label(counter: metrics.Counter, label: str) -> dict[str, int]:
+    out: dict[str, int] = {}
     for m in counter.collect():
         for s in m.samples:
             if s.name.endswith("_total"):
-                out[s.labels[label]] = out.get(s.labels[label], 0.0) + s.value
+                out[s.labels[label]] = out.get(s.labels[label], 0) + int(s.value)
     return out
