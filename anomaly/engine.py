@@ -310,10 +310,11 @@ class AnomalyEngine:
         """Remember each entity's newest report (robot status, battery, transitions too)."""
         extra = ["device_type"] if "device_type" in rows.columns else []
         latest = rows.sort("timestamp", *POSITION_KEY).group_by(["kafka_topic", "kafka_partition", entity]).last()
-        for row in latest.select("kafka_topic", "kafka_partition", entity, "timestamp", "kafka_offset", "item_index",
+        epoch_us = pl.col("timestamp").dt.epoch("us").alias("timestamp")  # exact, no float seconds
+        for row in latest.select("kafka_topic", "kafka_partition", entity, epoch_us, "kafka_offset", "item_index",
                                  "location", *extra).iter_rows(named=True):  # fmt: skip
             state = self.state.partition(row["kafka_topic"], row["kafka_partition"])
-            ts = int(row["timestamp"].timestamp() * 1_000_000)
+            ts = row["timestamp"]
             seen = state.last_seen.get(row[entity])
             if seen is not None and seen["ts"] >= ts:
                 continue  # a replayed or out-of-order older report does not reset the silence

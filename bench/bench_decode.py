@@ -49,8 +49,8 @@ def _plain_container(domain: Domain, values: list[bytes]) -> bytes:
         header += zigzag_varint(len(k)) + k + zigzag_varint(len(v)) + v
     sync = b"0123456789abcdef"
     header += zigzag_varint(0) + sync
-    body = b"".join(values)
-    return bytes(header) + zigzag_varint(len(values)) + zigzag_varint(len(body)) + body + sync
+    size = sum(map(len, values))
+    return b"".join([header, zigzag_varint(len(values)), zigzag_varint(size), *values, sync])  # one copy
 
 
 def _flatten_dict(domain: Domain, record: dict[str, Any]) -> list[dict[str, Any]]:

@@ -10,7 +10,6 @@ e.g. fenced after a refused record) is replaced by a new one, and what it still 
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -32,6 +31,11 @@ log = logging.getLogger(__name__)
 # Delivery errors after which this producer instance delivers nothing more: it must be replaced.
 _PRODUCER_GONE = frozenset({KafkaError._FATAL, KafkaError._FENCED, KafkaError.PRODUCER_FENCED,
                             KafkaError.INVALID_PRODUCER_EPOCH})  # fmt: skip
+
+
+def _json(record: dict[str, Any]) -> bytes:
+    """An alarm or sweep record as compact JSON with sorted keys (NaN as null, others as text)."""
+    return orjson.dumps(record, default=str, option=orjson.OPT_SORT_KEYS)
 
 
 @dataclass(frozen=True)
@@ -104,7 +108,7 @@ class DlqPublisher:
 
     def publish_alarm(self, alarm: dict[str, object], tp: tuple[str, int] | None, offset: int | None) -> None:
         """Produce an alarm (JSON, keyed by entity) to ``iot.alarm_log``; held against its source offset."""
-        value = orjson.dumps(alarm, default=str, option=orjson.OPT_SORT_KEYS)
+        value = _json(alarm)
         key = str(alarm.get("entity_id", "")).encode()
         if tp is not None and offset is not None:
             self._tracker.dlq_sent(tp, offset)
@@ -122,7 +126,7 @@ class DlqPublisher:
 
     def publish_offline(self, domain: Domain, record: dict[str, object]) -> None:
         """A sweep finding (no source message): JSON description on the domain's DLQ topic."""
-        value = json.dumps(record, default=str, sort_keys=True).encode()
+        value = _json(record)
         headers = [("dlq.reason", str(record.get("reason")).encode()), ("dlq.domain", domain.name.encode()),
                    ("dlq.detail", str(record.get("detail", "")).encode())]
 

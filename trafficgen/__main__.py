@@ -5,7 +5,9 @@
         [--fault-rate 0.01 | --fault kind=rate ...] [--seed N] [--step SECONDS] [--create-topics]
 
 Event times follow the wall clock unless ``--step`` asks for simulated time advancing by that many
-seconds per message. ``--brokers`` defaults to the ``KAFKA_BROKERS`` environment variable.
+seconds per message. ``--brokers`` defaults to the ``KAFKA_BROKERS`` environment variable; TLS and
+SASL come from the collector's variables (``KAFKA_SECURITY_PROTOCOL``, ``KAFKA_SASL_*``,
+``KAFKA_SSL_*``), checked the same way.
 """
 
 from __future__ import annotations
@@ -13,11 +15,14 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import timedelta
 from itertools import islice
+from typing import Any
 
+from common.errors import ConfigError
 from domains import DOMAINS
+from settings import kafka_settings
 from trafficgen.encoding import FORMATS
 from trafficgen.faults import FAULT_KINDS, spread_rate, validate_rates
 from trafficgen.generator import DEFAULT_FORMATS, TrafficGenerator
@@ -40,6 +45,12 @@ def _fault(text: str) -> tuple[str, float]:
         return kind, float(rate)
     except ValueError as exc:
         raise argparse.ArgumentTypeError(f"rate {rate!r} is not a number") from exc
+
+
+def client_config(brokers: str, env: Mapping[str, str]) -> dict[str, Any]:
+    """librdkafka settings for ``brokers`` with the security the collector's variables in ``env`` ask
+    for; raises :class:`ConfigError` naming the variable to fix."""
+    return kafka_settings({**env, "KAFKA_BROKERS": brokers}, "trafficgen").client_config()
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -75,6 +86,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if not args.brokers:
         parser.error("--brokers is required when KAFKA_BROKERS is not set")
+    try:
+        config = client_config(args.brokers, os.environ)
+    except ConfigError as exc:
+        parser.error(str(exc))
     rates = dict(args.fault) if args.fault else (spread_rate(args.fault_rate) if args.fault_rate else {})
     try:
         validate_rates(rates)
@@ -89,7 +104,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         live=args.step is None,
     )
     if args.create_topics:
-        created = create_topics(args.brokers, generator.domains, replication=args.replication)
+        created = create_topics(args.brokers, generator.domains, replication=args.replication, config=config)
         print(f"created topics: {', '.join(created) or '(none, all existed)'}", flush=True)
 
     def report(p: Progress) -> None:
@@ -98,7 +113,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     stream = generator.stream() if args.count is None else islice(generator.stream(), args.count)
     try:
-        delivered = produce(stream, args.brokers, rate=args.rate, duration_s=args.duration, progress=report)
+        delivered = produce(
+            stream, args.brokers, rate=args.rate, duration_s=args.duration, config=config, progress=report
+        )
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130

@@ -142,13 +142,19 @@ def produce(
 
 
 def create_topics(
-    bootstrap: str, domains: Sequence[str] | None = None, *, replication: int = 1, timeout_s: float = 30.0
+    bootstrap: str,
+    domains: Sequence[str] | None = None,
+    *,
+    replication: int = 1,
+    timeout_s: float = 30.0,
+    config: dict[str, Any] | None = None,
 ) -> list[str]:
     """Create the source topics of ``domains`` (all by default) as SPEC §2 configures them.
 
-    Topics that already exist are left alone; returns the names that were created.
+    Topics that already exist are left alone; returns the names that were created. ``config`` adds
+    librdkafka settings (security) to the admin client.
     """
-    admin = AdminClient({"bootstrap.servers": bootstrap})
+    admin = AdminClient({"bootstrap.servers": bootstrap, **(config or {})})
     specs = [DOMAINS[d].topic for d in (domains or DOMAINS)]
     new = [NewTopic(s.name, num_partitions=s.partitions, replication_factor=replication, config=s.config())
            for s in specs]  # fmt: skip

@@ -24,7 +24,7 @@ from domains.equipment_metrics import SENSOR_QUALITIES
 from domains.qc_result import ITEM_UNITS
 from domains.robot_status import ROBOT_STATES
 from trafficgen import FAULT_KINDS, GeneratedMessage, TrafficGenerator, canonical_examples, expected_counts
-from trafficgen.__main__ import build_parser
+from trafficgen.__main__ import build_parser, client_config, main
 from trafficgen.encoding import FORMATS, decode_value, encode_key, encode_value
 from trafficgen.faults import EXPECTED_REASON, applies, spread_rate
 from trafficgen.generator import GARBAGE, expected_flags
@@ -440,6 +440,33 @@ def test_command_line_arguments(monkeypatch: pytest.MonkeyPatch) -> None:
         build_parser().parse_args(["--domains", "nope"])
 
 
+def test_command_line_takes_the_collectors_security_settings() -> None:
+    env = {"KAFKA_SECURITY_PROTOCOL": "sasl_ssl", "KAFKA_SASL_MECHANISM": "SCRAM-SHA-512",
+           "KAFKA_SASL_USERNAME": "gen", "KAFKA_SASL_PASSWORD": "s3cret"}  # fmt: skip
+    config = client_config("broker:9093", env)
+    assert config == {
+        "bootstrap.servers": "broker:9093",
+        "security.protocol": "SASL_SSL",
+        "sasl.mechanism": "SCRAM-SHA-512",
+        "sasl.username": "gen",
+        "sasl.password": "s3cret",
+        "ssl.endpoint.identification.algorithm": "https",
+    }
+    assert client_config("broker:9092", {}) == {"bootstrap.servers": "broker:9092", "security.protocol": "PLAINTEXT"}
+
+
+def test_command_line_stops_on_incomplete_security_settings(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("KAFKA_SECURITY_PROTOCOL", "SASL_SSL")
+    monkeypatch.setenv("KAFKA_SASL_USERNAME", "gen")
+    with pytest.raises(SystemExit) as stopped:
+        main(["--brokers", "broker:9092", "--count", "1"])
+    assert stopped.value.code == 2
+    error = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "KAFKA_SASL_MECHANISM" in error and "KAFKA_SECURITY_PROTOCOL=SASL_SSL" in error
+
+
 def test_token_bucket_paces_to_its_rate() -> None:
     now = [0.0]
     bucket = TokenBucket(100.0, burst=1.0, clock=lambda: now[0], sleep=lambda s: now.__setitem__(0, now[0] + s))
@@ -490,3 +517,24 @@ def test_produce_to_a_real_broker_and_consume_back() -> None:
             consumer.close()
     assert Counter(got) == Counter((m.topic, m.key, m.value) for m in messages)
     assert ids == {m.msg_id.encode() for m in messages}
+
+
+@pytest.mark.slow
+def test_command_produces_with_the_configured_client(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from embedded.servers import TansuBroker
+    from tests.support.kafka import read_topic
+
+    monkeypatch.setenv("KAFKA_SECURITY_PROTOCOL", "PLAINTEXT")
+    topic = DOMAINS["robot_status"].topic
+    with TansuBroker() as broker:
+        status = main(["--brokers", broker.bootstrap, "--count", "40", "--domains", "robot_status",
+                       "--formats", "json", "--seed", "5", "--create-topics"])  # fmt: skip
+        records = read_topic(broker.bootstrap, topic.name, topic.partitions, expect=40)
+    out = capsys.readouterr().out
+    assert status == 0
+    assert f"created topics: {topic.name}" in out and "done: 40 messages delivered" in out
+    expected = generate(40, seed=5, domains=["robot_status"], formats=["json"])
+    assert sorted(r.key() for r in records) == sorted(m.key for m in expected)
+    assert all(orjson.loads(r.value())["robot_id"] for r in records)
