@@ -90,8 +90,10 @@ def test_storage_403_is_never_taken_as_written(
         during = scenario.committed()
         assert not any(during.values()) or all(v <= 0 for v in during.values()), f"committed during 403s: {during}"
         assert _stored(scenario) == 0
+        assert supervisor.exits, "a 403 is fatal: the collector should have stopped and been restarted"
         proxy.clear()
-        collector = supervisor.stop()
-        scenario.wait_caught_up(collector, timeout=120)
+        # Still supervised: an upload answered 403 just before the clear stops one more collector.
+        scenario.wait_caught_up(None, timeout=120)
+        supervisor.stop()
         report = scenario.finish()
     print(f"storage 403: collector exits {supervisor.exits}, proxy {dict(proxy.answered)}; {report.summary()}")
