@@ -80,8 +80,6 @@ def dlq_rows(
                           "kafka_key": pl.Binary, "raw": pl.Binary, "decoded": pl.String},  # fmt: skip
     )
     detected = pl.lit(detected_us, pl.Int64)
-    return frame.select(
-        pl.col("timestamp"), pl.lit(domain).alias("domain"), "reason", "detail", "rejected", "entity_id",
-        detected.alias("detected_at"), "kafka_key", "raw", "decoded", pl.lit(0).alias("item_index"),
-        "kafka_topic", "kafka_partition", "kafka_offset", "kafka_timestamp", detected.alias("collected_at"),
-    ).cast(DLQ_ROW_SCHEMA)  # type: ignore[arg-type]
+    same_for_all = {"domain": pl.lit(domain), "detected_at": detected, "item_index": pl.lit(0),
+                    "collected_at": detected}  # fmt: skip
+    return frame.with_columns(**same_for_all).select(list(DLQ_ROW_SCHEMA)).cast(DLQ_ROW_SCHEMA)  # type: ignore[arg-type]
