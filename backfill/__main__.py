@@ -12,17 +12,17 @@ import argparse
 import gc
 import os
 import sys
-from datetime import UTC, datetime
+from datetime import datetime
 
 from common.errors import CollectorError, ConfigError, FatalError
 from common.logs import setup_logging
+from domains.base import epoch_micros
 
 
 def _millis(text: str | None) -> int | None:
     if not text:
         return None
-    ts = datetime.fromisoformat(text.replace("Z", "+00:00"))
-    return int((ts if ts.tzinfo else ts.replace(tzinfo=UTC)).timestamp() * 1000)
+    return epoch_micros(datetime.fromisoformat(text.replace("Z", "+00:00"))) // 1000  # exact, naive = UTC
 
 
 def main(argv: list[str] | None = None) -> int:
